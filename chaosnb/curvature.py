@@ -206,10 +206,9 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
         col_norms = y.norm(dim=0) / omega.norm(dim=0)
         if h_norm == 0.0 or float(col_norms.max()) <= range_rtol * h_norm:
             break
-        qy, ry = torch.linalg.qr(y)
-        keep = ry.diagonal().abs() > range_rtol * h_norm * math.sqrt(n)
-        q = torch.cat([q, qy[:, keep]], dim=1)
-        q = _orthonormal_complement_block(q, torch.zeros(n, 0, dtype=dtype))
+        uy, sy, _ = torch.linalg.svd(y, full_matrices=False)
+        keep = sy > range_rtol * h_norm * math.sqrt(n)
+        q = torch.cat([q, _orthonormal_complement_block(uy[:, keep], q)], dim=1)
         if q.shape[1] > max_rank:
             spec = spectrum_from_matrix(dense_hessian(loss, theta), rtol, atol, method="dense")
             spec.info.update(fallback=True, probes=probes)

@@ -1,0 +1,159 @@
+"""Build the book: execute every notebook of ``_toc.yml`` with papermill, then ``jupyter-book build``.
+
+Notebook sources are MyST markdown notebooks under ``book/`` (one ``parameters``-tagged cell whose
+defaults are the quick profile). The driver converts them to ``.ipynb`` in a staging copy of the book,
+executes them with papermill (``profile`` and any ``-p key value`` overrides injected), in parallel
+processes that share finished runs through the results store, and builds the HTML with execution off,
+so the book shows exactly the executed outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("smoke", "quick", "paper")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised while executing; the message names the notebook and the cell."""
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    seconds: float
+    error: str | None = None
+
+
+def toc_entries(root: Path = PROJECT_ROOT) -> list[str]:
+    """Every file named in ``_toc.yml`` (root first), without extension, relative to the book root."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries = [toc["root"]]
+
+    def walk(items):
+        for item in items or []:
+            if "file" in item:
+                entries.append(item["file"])
+            walk(item.get("sections"))
+            for part in item.get("parts", []) or []:
+                walk(part.get("chapters"))
+            walk(item.get("chapters"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []) or []:
+        walk(part.get("chapters"))
+    return entries
+
+
+def is_notebook(path: Path) -> bool:
+    """A MyST markdown file is a notebook when its front matter declares a kernelspec."""
+    if path.suffix == ".ipynb":
+        return True
+    text = path.read_text()
+    return text.startswith("---") and "kernelspec" in text.split("---", 2)[1]
+
+
+def source_file(root: Path, entry: str) -> Path:
+    for suffix in (".md", ".ipynb"):
+        if (root / f"{entry}{suffix}").exists():
+            return root / f"{entry}{suffix}"
+    raise FileNotFoundError(f"_toc.yml names {entry!r} but neither {entry}.md nor {entry}.ipynb exists")
+
+
+def stage(root: Path, staging: Path) -> list[Path]:
+    """Copy the book into ``staging``; notebooks become unexecuted ``.ipynb``. Returns the notebooks."""
+    import jupytext
+
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, staging / name)
+    notebooks = []
+    for entry in toc_entries(root):
+        src = source_file(root, entry)
+        dst = staging / src.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if is_notebook(src):
+            nb = jupytext.read(src)
+            nb.metadata.pop("jupytext", None)
+            target = dst.with_suffix(".ipynb")
+            jupytext.write(nb, target, fmt="ipynb")
+            notebooks.append(target)
+        else:
+            shutil.copy2(src, dst)
+    for extra in ("book/_static", "book/references.bib"):
+        if (root / extra).exists():
+            copy = shutil.copytree if (root / extra).is_dir() else shutil.copy2
+            copy(root / extra, staging / extra)
+    return notebooks
+
+
+def execute_notebook(path: str, parameters: dict, cwd: str) -> NotebookResult:
+    """Execute one staged notebook in place with papermill; errors are returned, not raised."""
+    import papermill
+
+    start = time.time()
+    name = Path(path).stem
+    try:
+        papermill.execute_notebook(path, path, parameters=parameters, cwd=cwd, kernel_name="python3",
+                                   progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as err:
+        return NotebookResult(name, time.time() - start,
+                              f"cell {err.exec_count} ({err.cell_index}): {err.ename}: {err.evalue}")
+    except Exception as err:  # noqa: BLE001 - report every failure with the notebook's name
+        return NotebookResult(name, time.time() - start, f"{type(err).__name__}: {err}")
+    return NotebookResult(name, time.time() - start)
+
+
+def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, only: list[str] | None = None,
+          parameters: dict | None = None, jobs: int | None = None, html: bool = True,
+          root: Path = PROJECT_ROOT) -> Path:
+    """Execute the book's notebooks at ``profile`` and build the HTML; returns the HTML folder."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles are: {', '.join(PROFILES)}")
+    build_dir = Path(build_dir) if build_dir else root / "_build" / profile
+    staging = build_dir / "src"
+    notebooks = stage(root, staging)
+    if only:
+        unknown = set(only) - {p.stem for p in notebooks}
+        if unknown:
+            raise ValueError(f"unknown notebook(s) {sorted(unknown)}; notebooks are: "
+                             f"{', '.join(sorted(p.stem for p in notebooks))}")
+    params = {"profile": profile, **(parameters or {})}
+    todo = [p for p in notebooks if not only or p.stem in only]
+    jobs = jobs or min(len(todo), os.cpu_count() or 1) or 1
+    print(f"executing {len(todo)} notebook(s) at profile {profile!r} with {jobs} process(es)", flush=True)
+    failures = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(execute_notebook, str(p), params, str(p.parent)) for p in todo]
+        for fut in futures:
+            res = fut.result()
+            status = "FAILED " + res.error if res.error else "ok"
+            print(f"  {res.name:<32} {res.seconds:7.1f} s  {status}", flush=True)
+            if res.error:
+                failures.append(f"{res.name}: {res.error}")
+    if failures:
+        raise NotebookFailed("notebook(s) failed:\n  " + "\n  ".join(failures))
+    if not html:
+        return staging
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(staging), "--path-output", str(build_dir),
+           "--warningiserror", "--keep-going"]
+    print("building HTML:", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stdout[-6000:] + proc.stderr[-6000:])
+        raise NotebookFailed(f"jupyter-book build failed (exit {proc.returncode})")
+    out = build_dir / "_build" / "html"
+    print(f"book built: {out / 'index.html'}")
+    return out

@@ -1,0 +1,86 @@
+"""The ``chaosnb`` command line: ``info``, ``run``, ``sweep``, ``runs``, ``book``."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+    import torchvision
+
+    from chaosnb import __version__
+    from chaosnb.data import DATA_ENV, available_datasets, data_root
+    from chaosnb.models import build_model, num_parameters
+
+    print(f"chaosnb {__version__}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+    print(f"data root: {data_root()}  (from ${DATA_ENV})")
+    for name, found in available_datasets().items():
+        if isinstance(found, str):
+            print(f"  {name}: NOT FOUND - {found}")
+        else:
+            print(f"  {name}: {found.n_train} train / {found.n_test} test images, 16x16, "
+                  f"mean {found.mean:.4f}, std {found.std:.4f}")
+    for model in ("mlp", "cnn"):
+        print(f"model {model}: {num_parameters(build_model(model))} parameters")
+    try:
+        from chaosnb.runs import results_root
+
+        print(f"results store: {results_root()}")
+    except ImportError:
+        pass
+    return 0
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from chaosnb.book import NotebookFailed, build
+
+    params = {key: _parse_value(value) for key, value in (args.param or [])}
+    try:
+        build(args.profile, args.build_dir, only=args.only, parameters=params, jobs=args.jobs,
+              html=not args.no_html)
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chaosnb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="versions, data root, datasets found, model sizes")
+    info.set_defaults(func=cmd_info)
+    book = sub.add_parser("book", help="execute the notebooks with papermill and build the HTML book")
+    book.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    book.add_argument("--build-dir", default=None, help="default: _build/<profile>")
+    book.add_argument("--only", nargs="+", help="execute only these notebooks (by file stem)")
+    book.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                      help="override a notebook parameter (YAML value), as papermill -p")
+    book.add_argument("--jobs", type=int, default=None, help="parallel notebooks (default: cores)")
+    book.add_argument("--no-html", action="store_true", help="execute only, skip jupyter-book build")
+    book.set_defaults(func=cmd_book)
+    try:
+        from chaosnb import cli_runs
+    except ImportError:
+        cli_runs = None
+    if cli_runs is not None:
+        cli_runs.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
