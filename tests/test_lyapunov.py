@@ -1,0 +1,386 @@
+"""Lyapunov exponents: the tangent map against autograd through unrolled training, closed forms for constant
+Hessians, the determinant sum rule, known exponents of the Henon and logistic maps, long horizons, the
+Theorem A.6 bound, and checkpointing."""
+
+import io
+import math
+
+import pytest
+import torch
+from torch.func import grad, jacrev
+
+from chaosnb.curvature import dense_hessian, hessian_spectrum
+from chaosnb.lyapunov import (
+    FiniteTimeLyapunov,
+    TangentMap,
+    finite_time_exponents,
+    finite_time_lyapunov,
+    henon_map,
+    local_lyapunov_exponents,
+    log_abs_det_jacobian,
+    log_det_sum,
+    logistic_map,
+    max_local_exponent,
+    mlce_upper_bound,
+    qr_lyapunov_spectrum,
+)
+from chaosnb.models import make_flat_model
+
+F64 = torch.float64
+
+
+def tiny_problem(steps: int, batch: int = 2, activation: str = "sigmoid", seed: int = 0):
+    """A 4-3-3 MLP (27 parameters) in float64 and a fixed sequence of random mini-batches."""
+    flat, theta0 = make_flat_model("mlp", activation, seed, F64, in_features=4, hidden=3, classes=3)
+    gen = torch.Generator().manual_seed(seed + 1)
+    xs = torch.randn(steps, batch, 4, generator=gen, dtype=F64)
+    ys = torch.randint(0, 3, (steps, batch), generator=gen)
+    return flat, theta0, xs, ys
+
+
+def unrolled_training(flat, xs, ys, lr: float, momentum: float):
+    """theta_0 -> theta_k for SGD as torch.optim.SGD does it: buf <- beta buf + g; theta <- theta - lr buf."""
+
+    def run(theta0: torch.Tensor) -> torch.Tensor:
+        theta, buf = theta0, None
+        for x, y in zip(xs, ys, strict=True):
+            g = grad(flat.loss)(theta, x, y)
+            buf = g if buf is None else momentum * buf + g
+            theta = theta - lr * buf
+        return theta
+
+    return run
+
+
+def trajectory(flat, theta0, xs, ys, lr: float, momentum: float) -> list[torch.Tensor]:
+    """theta_0, ..., theta_{k-1}: the points where the step Hessians are taken."""
+    thetas, theta, buf = [], theta0, None
+    for x, y in zip(xs, ys, strict=True):
+        thetas.append(theta)
+        g = grad(flat.loss)(theta, x, y)
+        buf = g if buf is None else momentum * buf + g
+        theta = theta - lr * buf
+    return thetas
+
+
+def random_orthogonal(n: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=F64))
+    return q
+
+
+def random_symmetric(n: int, gen: torch.Generator) -> torch.Tensor:
+    a = torch.randn(n, n, generator=gen, dtype=F64) / math.sqrt(n)
+    return 0.5 * (a + a.T)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier 1: the tangent map is the Jacobian of unrolled training (Theorems A.1 and A.3)
+# ----------------------------------------------------------------------------------------------------------
+
+def test_unrolled_loop_matches_torch_optim_sgd():
+    flat, theta0, xs, ys = tiny_problem(steps=4)
+    p = torch.nn.Parameter(theta0.clone())
+    opt = torch.optim.SGD([p], lr=0.5, momentum=0.9)
+    for x, y in zip(xs, ys, strict=True):
+        opt.zero_grad()
+        flat.loss(p, x, y).backward()
+        opt.step()
+    expected = unrolled_training(flat, xs, ys, lr=0.5, momentum=0.9)(theta0)
+    assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_tangent_map_equals_jacobian_of_unrolled_training(momentum):
+    lr, steps = 0.5, 5
+    flat, theta0, xs, ys = tiny_problem(steps)
+    reference = jacrev(unrolled_training(flat, xs, ys, lr, momentum))(theta0)
+    tm = TangentMap(theta0.numel(), lr, momentum)
+    for theta, x, y in zip(trajectory(flat, theta0, xs, ys, lr, momentum), xs, ys, strict=True):
+        tm.step(dense_hessian(flat.loss_fn(x, y), theta))
+    assert tm.t == steps
+    y_map = tm.matrix()
+    assert (reference - torch.eye(theta0.numel(), dtype=F64)).abs().max() > 0.05  # non-trivial dynamics
+    assert torch.allclose(y_map, reference, rtol=0, atol=1e-8)
+
+
+def test_momentum_tangent_map_differs_from_plain_sgd():
+    """Guard against the momentum buffer being silently ignored."""
+    lr, steps = 0.5, 5
+    flat, theta0, xs, ys = tiny_problem(steps)
+    plain = jacrev(unrolled_training(flat, xs, ys, lr, 0.0))(theta0)
+    heavy = jacrev(unrolled_training(flat, xs, ys, lr, 0.9))(theta0)
+    assert (plain - heavy).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_tangent_map_lowrank_pairs_equal_dense(momentum):
+    lr, steps = 0.5, 5
+    flat, theta0, xs, ys = tiny_problem(steps)
+    n = theta0.numel()
+    dense, spec_map, pair_map = (TangentMap(n, lr, momentum) for _ in range(3))
+    for theta, x, y in zip(trajectory(flat, theta0, xs, ys, lr, momentum), xs, ys, strict=True):
+        loss = flat.loss_fn(x, y)
+        spec = hessian_spectrum(loss, theta, method="lowrank", max_rank_fraction=0.9)
+        assert spec.method == "lowrank" and not spec.info["fallback"]
+        assert spec.eigenvalues.numel() < n  # genuinely low rank: the complement is J = I
+        dense.step(dense_hessian(loss, theta))
+        spec_map.step(spec)
+        pair_map.step((spec.eigenvalues, spec.eigenvectors))
+    assert torch.allclose(spec_map.matrix(), dense.matrix(), rtol=0, atol=1e-8)
+    assert torch.equal(spec_map.matrix(), pair_map.matrix())
+
+
+def test_cgd_projected_pair_is_the_cgd_jacobian():
+    """A kept subset K of eigenpairs as a pair gives J = I - lr V_K diag(lam_K) V_K^T = I - lr P H."""
+    n, lr = 6, 0.3
+    h = random_symmetric(n, torch.Generator().manual_seed(3))
+    lam, vecs = torch.linalg.eigh(h)
+    keep = lam > 0
+    p = vecs[:, keep] @ vecs[:, keep].T
+    tm = TangentMap(n, lr)
+    tm.step((lam[keep], vecs[:, keep]))
+    assert keep.any() and (~keep).any()
+    assert torch.allclose(tm.matrix(), torch.eye(n, dtype=F64) - lr * p @ h, rtol=0, atol=1e-13)
+
+
+def test_step_rejects_wrong_shapes():
+    tm = TangentMap(4, 0.1)
+    with pytest.raises(ValueError):
+        tm.step(torch.eye(3, dtype=F64))
+    with pytest.raises(ValueError):
+        tm.step((torch.ones(2, dtype=F64), torch.ones(4, 3, dtype=F64)))
+    with pytest.raises(TypeError):
+        tm.step([torch.ones(4)])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier 2: closed forms (Theorem A.5), the sum rule, momentum on a constant Hessian
+# ----------------------------------------------------------------------------------------------------------
+
+def test_constant_hessian_exponents_are_local_exponents():
+    lr, t = 0.5, 12
+    h = torch.tensor([-0.6, -0.2, 0.0, 0.3, 1.0, 3.0, 3.8, 4.0], dtype=F64)  # 4.0 = 2/lr: |1 - lr h| = 1
+    q = random_orthogonal(h.numel(), seed=0)
+    a = (q * h) @ q.T  # the Hessian of 0.5 theta^T A theta
+    tm = TangentMap(h.numel(), lr)
+    for _ in range(t):
+        tm.step(a)
+    expected = torch.sort(torch.log(torch.abs(1.0 - lr * h)), descending=True).values
+    ft = finite_time_lyapunov(tm, tol=1e-12)  # the two edge exponents (|1 - lr h| = 1) are 0 +- rounding
+    assert ft.num_unresolved == 0
+    assert torch.allclose(ft.exponents, expected, rtol=0, atol=1e-10)
+    assert torch.allclose(torch.sort(local_lyapunov_exponents(h, lr), descending=True).values, expected,
+                          rtol=0, atol=1e-15)
+    # chaotic iff lambda < 0 or lambda > 2/lr (here: the two negative eigenvalues); 0 and 2/lr are edges
+    assert ft.chaotic_dim == 2 and ft.non_chaotic_dim == 6 and ft.chaotic_dim_certain
+    chaotic = ft.chaotic_subspace()
+    assert torch.allclose(chaotic @ chaotic.T, q[:, :2] @ q[:, :2].T, atol=1e-10)
+    basis = torch.cat([chaotic, ft.non_chaotic_subspace()], dim=1)
+    assert torch.allclose(basis.T @ basis, torch.eye(8, dtype=F64), atol=1e-12)
+
+
+def test_local_exponents_edge_cases():
+    lle = local_lyapunov_exponents([0.0, 2.0, 4.0, -2.0, 6.0], lr=0.5)
+    assert lle[0] == 0.0 and lle[1] == -math.inf and lle[2] == 0.0
+    assert torch.allclose(lle[3:], torch.log(torch.tensor([2.0, 2.0], dtype=F64)))
+    assert lle.dtype == F64
+
+
+def test_eigenvalue_at_one_over_lr_is_unresolved_minus_inf():
+    lr = 0.5
+    h = torch.tensor([-0.6, 0.3, 1.0, 2.0], dtype=F64)  # 2.0 = 1/lr: J kills that direction
+    q = random_orthogonal(4, seed=1)
+    tm = TangentMap(4, lr)
+    for _ in range(10):
+        tm.step((q * h) @ q.T)
+    ft = tm.lyapunov()
+    assert ft.num_unresolved == 1 and ft.exponents[-1] == -math.inf
+    assert ft.min_exponent == pytest.approx(math.log(0.5), abs=1e-10)
+    assert ft.resolution < ft.min_exponent
+    assert ft.non_chaotic_dim == 3
+
+
+def test_sum_rule_for_non_commuting_hessians():
+    n, lr, t = 6, 0.3, 15
+    gen = torch.Generator().manual_seed(0)
+    hs = [random_symmetric(n, gen) * 3.0 for _ in range(t)]
+    tm = TangentMap(n, lr)
+    for h in hs:
+        tm.step(h)
+    ft = tm.lyapunov()
+    assert ft.num_unresolved == 0
+    assert ft.exponent_sum == pytest.approx(log_det_sum(hs, lr), abs=1e-8)
+    mean_lle = torch.stack([torch.sort(local_lyapunov_exponents(torch.linalg.eigvalsh(h), lr),
+                                       descending=True).values for h in hs]).mean(0)
+    assert (ft.exponents - mean_lle).abs().max() > 1e-3  # non-commuting: the spectrum is not the mean LLE
+    # the same sum for Spectrum-like pairs, including a low-rank one (implicit zeros contribute log 1 = 0)
+    lam, vecs = torch.linalg.eigh(hs[0])
+    assert log_abs_det_jacobian((lam, vecs), lr) == pytest.approx(log_abs_det_jacobian(hs[0], lr), abs=1e-12)
+    assert log_abs_det_jacobian((lam[:2], vecs[:, :2]), lr) == pytest.approx(
+        float(torch.log(torch.abs(torch.linalg.det(torch.eye(n, dtype=F64) - lr * (vecs[:, :2] * lam[:2])
+                                                   @ vecs[:, :2].T)))), abs=1e-12)
+
+
+def test_momentum_constant_hessian_three_term_recurrence_and_a6_violation():
+    """With momentum each eigendirection obeys y_{t+1} = (1 + beta - lr lam) y_t - beta y_{t-1}, y_0 = 1,
+    y_1 = 1 - lr lam. Negative curvature then grows at log of the companion root, faster than the SGD local
+    exponent log(1 - lr lam): Theorem A.6's bound is a statement about momentum-free SGD only."""
+    lr, beta = 0.1, 0.9
+    lam = torch.tensor([-0.1, 0.5, 5.0, 25.0], dtype=F64)  # 25 > 2/lr: SGD-chaotic, momentum-stable
+    tm = TangentMap(4, lr, beta)
+    ys = [torch.ones(4, dtype=F64), 1.0 - lr * lam]
+    tm.step(torch.diag(lam))
+    assert torch.allclose(torch.diagonal(tm.matrix()), ys[1], rtol=0, atol=1e-15)
+    for _ in range(40):
+        tm.step(torch.diag(lam))
+        ys.append((1.0 + beta - lr * lam) * ys[-1] - beta * ys[-2])
+        assert torch.allclose(torch.diagonal(tm.matrix()), ys[-1], rtol=1e-12, atol=1e-14)
+    assert abs(float(tm.matrix()[3, 3])) < 1.0 < 1.5**40  # SGD would have grown it like |1 - 2.5|^t
+
+    t = 3000
+    c = 1.0 + beta - lr * float(lam[0])
+    root = 0.5 * (c + math.sqrt(c * c - 4.0 * beta))
+    h = torch.diag(lam[:3])
+    tm = TangentMap(3, lr, beta)
+    for _ in range(t):
+        tm.step(h)
+    sgd_bound = float(mlce_upper_bound([max_local_exponent(h, lr)] * t)[-1])
+    assert sgd_bound == pytest.approx(math.log(1.0 + lr * 0.1), abs=1e-14)
+    assert tm.lyapunov().max_exponent == pytest.approx(math.log(root), abs=1e-2)
+    assert tm.lyapunov().max_exponent > sgd_bound + 0.03
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier 3: the QR algorithm on maps with known exponents
+# ----------------------------------------------------------------------------------------------------------
+
+def test_henon_map_spectrum():
+    f, jac, x0 = henon_map(1.4, 0.3)
+    ex = qr_lyapunov_spectrum(x0=x0, f=f, jac=jac, steps=20000, transient=200)
+    assert ex.shape == (2,) and ex.dtype == F64
+    assert float(ex[0]) == pytest.approx(0.4192, abs=0.01)
+    assert float(ex[1]) == pytest.approx(-1.6232, abs=0.01)
+    assert float(ex.sum()) == pytest.approx(math.log(0.3), abs=1e-10)
+    top = qr_lyapunov_spectrum(x0=x0, f=f, jac=jac, steps=20000, transient=200, num_exponents=1)
+    assert top.shape == (1,) and float(top[0]) == pytest.approx(float(ex[0]), abs=1e-12)
+
+
+def test_logistic_map_exponent_is_ln2():
+    f, jac, x0 = logistic_map(4.0)
+    ex = qr_lyapunov_spectrum(x0=x0, f=f, jac=jac, steps=20000, transient=100)
+    assert float(ex[0]) == pytest.approx(math.log(2.0), abs=0.01)
+
+
+def test_qr_on_constant_non_normal_jacobian_gives_log_abs_eigenvalues():
+    p = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=F64)
+    j = p @ torch.tensor([[2.0, 5.0], [0.0, -0.5]], dtype=F64) @ torch.linalg.inv(p)
+    ex = qr_lyapunov_spectrum([j] * 2000)
+    assert torch.allclose(ex, torch.log(torch.tensor([2.0, 0.5], dtype=F64)), atol=5e-3)
+    # the finite-time (singular value) exponents of the same map differ at short times
+    assert abs(finite_time_exponents(j, 1).max_exponent - math.log(2.0)) > 0.1
+    with pytest.raises(ValueError):
+        qr_lyapunov_spectrum([j] * 3, transient=3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier 4: long horizons, Theorem A.6 on a trained model, checkpointing
+# ----------------------------------------------------------------------------------------------------------
+
+def test_long_horizon_no_overflow_and_unresolved_marked():
+    steps = 2000
+    target = torch.tensor([0.5, 0.495, -0.5, -1.0], dtype=F64)
+    factors = torch.exp(target) * torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=F64)
+    q = random_orthogonal(4, seed=2)
+    lr = 1.0
+    h = (q * (1.0 - factors)) @ q.T  # J = I - lr H = Q diag(factors) Q^T
+    tm = TangentMap(4, lr)
+    for _ in range(steps):
+        tm.step(h)
+    assert not torch.isfinite(tm.matrix()).all()  # the true Y_t ~ e^1000 overflows float64
+    y_scaled, log_scale = tm.scaled()
+    assert torch.isfinite(y_scaled).all() and y_scaled.abs().max() < 1.0 and log_scale > 690
+    ft = tm.lyapunov()
+    assert ft.t == steps and not torch.isnan(ft.exponents).any()
+    assert torch.allclose(ft.exponents[:2], target[:2], rtol=0, atol=1e-9)
+    assert ft.num_unresolved == 2 and torch.all(ft.exponents[2:] == -math.inf)
+    assert ft.min_exponent == pytest.approx(0.495, abs=1e-9)
+    assert ft.chaotic_dim == 2 and ft.resolution > 0.48  # only ~36/t below the top is resolvable
+    assert not ft.chaotic_dim_certain  # a +0.3 exponent would also have been unresolved
+    assert torch.all(ft.error_estimate[:2] < 1e-12) and torch.all(torch.isinf(ft.error_estimate[2:]))
+
+
+def test_long_horizon_contracting_map_underflow():
+    target = torch.tensor([-0.5, -0.51], dtype=F64)
+    q = random_orthogonal(2, seed=3)
+    tm = TangentMap(2, 1.0)
+    for _ in range(2000):
+        tm.step((q * (1.0 - torch.exp(target))) @ q.T)
+    assert torch.all(tm.matrix() == 0.0)  # the true Y_t ~ e^-1000 underflows
+    assert torch.allclose(tm.lyapunov().exponents, target, rtol=0, atol=1e-9)
+
+
+def test_theorem_a6_bound_on_sgd_training():
+    lr, steps = 0.5, 20
+    flat, theta0, xs, ys = tiny_problem(steps, batch=3)
+    tm = TangentMap(theta0.numel(), lr)
+    max_lle, max_ft = [], []
+    for theta, x, y in zip(trajectory(flat, theta0, xs, ys, lr, 0.0), xs, ys, strict=True):
+        h = dense_hessian(flat.loss_fn(x, y), theta)
+        jac_norm = torch.linalg.matrix_norm(torch.eye(h.shape[0], dtype=F64) - lr * h, ord=2)
+        max_lle.append(max_local_exponent(h, lr))
+        assert max_lle[-1] == pytest.approx(math.log(float(jac_norm)), abs=1e-12)
+        tm.step(h)
+        max_ft.append(tm.lyapunov().max_exponent)
+    bound = mlce_upper_bound(max_lle)
+    assert bound.shape == (steps,)
+    assert torch.allclose(bound, torch.cumsum(torch.tensor(max_lle, dtype=F64), 0) / torch.arange(1, 21))
+    assert bound[-1] > 0.0  # the sigmoid MLP has negative curvature: locally chaotic steps
+    assert all(ft <= b + 1e-12 for ft, b in zip(max_ft, bound.tolist(), strict=True))
+    assert max_ft[-1] < float(bound[-1]) - 1e-4  # the bound is not attained (non-commuting Hessians)
+
+
+def test_max_local_exponent_counts_implicit_zeros():
+    lam = torch.tensor([0.5, 1.0], dtype=F64)
+    vecs = torch.eye(5, dtype=F64)[:, :2]
+    assert max_local_exponent((lam, vecs), lr=0.1) == 0.0  # complement: J = I there
+    assert max_local_exponent(torch.diag(torch.tensor([0.5, 1.0], dtype=F64)), 0.1) < 0.0
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_state_dict_round_trip_continues_identically(momentum):
+    n = 5
+    gen = torch.Generator().manual_seed(4)
+    hs = [random_symmetric(n, gen) * 8.0 for _ in range(12)]
+    original = TangentMap(n, 0.4, momentum)
+    for h in hs[:6]:
+        original.step(h)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored = TangentMap(n, 0.1, momentum)
+    restored.load_state_dict(torch.load(buffer))
+    assert restored.t == 6 and restored.lr == 0.4
+    for h in hs[6:]:
+        original.step(h)
+        restored.step(h)
+    y0, s0 = original.scaled()
+    y1, s1 = restored.scaled()
+    assert torch.equal(y0, y1) and s0 == s1 and restored.t == original.t == 12
+    assert s0 != 0.0  # the rescaling was exercised
+    with pytest.raises(ValueError):
+        TangentMap(n + 1, 0.4, momentum).load_state_dict(original.state_dict())
+
+
+def test_finite_time_exponents_of_plain_matrix():
+    y = torch.diag(torch.tensor([math.e ** 6, math.e ** -3, 1.0], dtype=F64))
+    ft = finite_time_exponents(y, t=3)
+    assert isinstance(ft, FiniteTimeLyapunov)
+    assert torch.allclose(ft.exponents, torch.tensor([2.0, 0.0, -1.0], dtype=F64), atol=1e-14)
+    assert torch.allclose(ft.vectors.abs(), torch.eye(3, dtype=F64)[:, [0, 2, 1]])
+    assert ft.max_exponent == pytest.approx(2.0) and ft.min_exponent == pytest.approx(-1.0)
+    shifted = finite_time_exponents(y * math.exp(-30.0), t=3, log_scale=30.0)
+    assert torch.allclose(shifted.exponents, ft.exponents, atol=1e-13)
+    with pytest.raises(ValueError):
+        finite_time_exponents(y, t=0)
+    with pytest.raises(ValueError):
+        finite_time_exponents(torch.full((2, 2), math.inf, dtype=F64), t=1)
