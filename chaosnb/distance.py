@@ -64,7 +64,7 @@ def _module_terms(module: nn.Module) -> list[tuple[int, int]]:
         if not own:
             continue
         if not isinstance(sub, nn.Linear | _ConvNd):
-            raise ValueError(f"unsupported parameterised layer {type(sub).__name__}: only Linear/Conv are covered")
+            raise ValueError(f"unsupported parameterised layer {type(sub).__name__}: only Linear/Conv")
         # exactly what reset_parameters uses: fan_in = weight.shape[1] * receptive field size
         w = sub.weight
         fan_in = int(w.shape[1] * math.prod(w.shape[2:]))

@@ -79,7 +79,8 @@ def overlap_projectors(V, W, orthonormalize: bool = False) -> float:
     if min(a, b) == 0:
         return float("nan")
     P_V, P_W = V @ V.T, W @ W.T
-    return float(np.trace(P_V @ P_W) / np.sqrt(np.trace(P_V) * np.trace(P_W)) * np.sqrt(max(a, b) / min(a, b)))
+    similarity = np.trace(P_V @ P_W) / np.sqrt(np.trace(P_V) * np.trace(P_W))
+    return float(similarity * np.sqrt(max(a, b) / min(a, b)))
 
 
 def overlap_principal_angles(V, W) -> float:
@@ -114,7 +115,8 @@ class MonteCarloEstimate(NamedTuple):
     samples: np.ndarray
 
 
-def random_overlap_monte_carlo(a: int, b: int, n: int, samples: int = 1000, seed: int = 0) -> MonteCarloEstimate:
+def random_overlap_monte_carlo(a: int, b: int, n: int, samples: int = 1000,
+                               seed: int = 0) -> MonteCarloEstimate:
     """Monte Carlo estimate of E[overlap] for random subspaces of dims a, b in R^n (random QR bases)."""
     if min(a, b) == 0:
         return MonteCarloEstimate(float("nan"), float("nan"), np.full(samples, np.nan))

@@ -56,7 +56,7 @@ def curvature_stage(x, y, tol: float = 0.05, near_min: float = 0.5):
     """The paper's numbered stages of Figure B.3.1 along x (x taken modulo 2 pi):
     1 = negative x-curvature (cos x < -tol, around the maximum/saddle), 2 = inflection (|cos x| <= tol),
     3 = positive x-curvature, 4 = within ``near_min`` of the x-minimum (|x mod 2pi| <= near_min), where the
-    x-gradient vanishes and the negative y-curvature takes over. An int for scalar input, else an int array."""
+    x-gradient vanishes and the negative y-curvature takes over. An int for scalar input, else an array."""
     x, _ = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
     c = np.cos(x)
     xw = np.abs(np.mod(x + math.pi, 2 * math.pi) - math.pi)
