@@ -6,6 +6,8 @@ import argparse
 import platform
 import sys
 
+from chaosnb import cli_runs
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
@@ -14,6 +16,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from chaosnb import __version__
     from chaosnb.data import DATA_ENV, available_datasets, data_root
     from chaosnb.models import build_model, num_parameters
+    from chaosnb.runs import RESULTS_ENV, results_root
 
     print(f"chaosnb {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
@@ -26,12 +29,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                   f"mean {found.mean:.4f}, std {found.std:.4f}")
     for model in ("mlp", "cnn"):
         print(f"model {model}: {num_parameters(build_model(model))} parameters")
-    try:
-        from chaosnb.runs import results_root
-
-        print(f"results store: {results_root()}")
-    except ImportError:
-        pass
+    print(f"results store: {results_root()}  (from ${RESULTS_ENV})")
     return 0
 
 
@@ -68,12 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--jobs", type=int, default=None, help="parallel notebooks (default: cores)")
     book.add_argument("--no-html", action="store_true", help="execute only, skip jupyter-book build")
     book.set_defaults(func=cmd_book)
-    try:
-        from chaosnb import cli_runs
-    except ImportError:
-        cli_runs = None
-    if cli_runs is not None:
-        cli_runs.add_subcommands(sub)
+    cli_runs.add_subcommands(sub)
     return parser
 
 
