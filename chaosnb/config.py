@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass, fields
 
 from chaosnb.cgd import PRUNE_SETS, SELECTIONS
@@ -20,6 +21,7 @@ from chaosnb.perturb import STRATEGIES
 SCHEMA = 1
 OPTIMIZERS = ("sgd", "cgd")
 DTYPES = ("float32", "float64")
+FLOAT_FIELDS = ("lr", "momentum", "prune_noise_std", "spectrum_rtol", "lyapunov_tol", "perturb_eps")
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,9 @@ class RunConfig:
     distance_every: int = 1
 
     def __post_init__(self):
+        # equal configurations must hash equally: lr=1 and lr=1.0 (YAML ints) are the same run
+        for name in FLOAT_FIELDS:
+            object.__setattr__(self, name, _as_float(name, getattr(self, name)))
         object.__setattr__(self, "dataset", _check_choice("dataset", canonical_dataset_or_error(self.dataset),
                                                           DATASETS))
         for name, options in (("model", MODELS), ("activation", tuple(ACTIVATIONS)), ("optimizer", OPTIMIZERS),
@@ -85,6 +90,7 @@ class RunConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("steps", self.steps)
         _positive_int("distance_every", self.distance_every)
+        _non_negative_int("seed", self.seed)
         for name in ("spectrum_every", "eval_every", "prune_start"):
             _non_negative_int(name, getattr(self, name))
         if not 0.0 <= self.momentum < 1.0:
@@ -136,7 +142,7 @@ class RunConfig:
         """The reference run whose final L_T provides the perturbation directions."""
         return dataclasses.replace(self, perturb_eps=0.0, perturb_strategies=(),
                                    tangent_steps=tuple(sorted(set(self.tangent_steps) | {self.steps})),
-                                   snapshot_steps=self.snapshot_steps, distance_every=1)
+                                   snapshot_steps=self.snapshot_steps, distance_every=1, eval_every=0)
 
     def to_dict(self) -> dict:
         """Canonical, JSON-serialisable form (tuples as lists)."""
@@ -184,6 +190,12 @@ def _check_choice(name: str, value, options) -> str:
     if value not in options:
         raise ConfigError(f"{name}: unknown value {value!r}; valid values are: {', '.join(map(str, options))}")
     return value
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}: must be a number, got {value!r}")
+    return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def _positive(name: str, value) -> None:

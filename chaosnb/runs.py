@@ -114,14 +114,16 @@ def load_result(directory: Path) -> RunResult | None:
             if _sha256(directory / name) != done["sha256"][name]:
                 return None
         config = RunConfig.from_dict(json.loads((directory / "config.json").read_text())["config"])
+        if config.run_hash() != directory.name:  # config.json altered: the numbers are not this config's
+            return None
         with np.load(directory / "metrics.npz") as data:
             metrics = {k: data[k] for k in data.files}
         with np.load(directory / "arrays.npz") as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return RunResult(config, metrics, arrays, done["status"], done["steps_done"], done.get("diverged_at"),
+                         done.get("wall_time", 0.0), done.get("meta", {}))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
         return None
-    return RunResult(config, metrics, arrays, done["status"], done["steps_done"], done.get("diverged_at"),
-                     done.get("wall_time", 0.0), done.get("meta", {}))
 
 
 def is_done(config: RunConfig, root: Path | None = None) -> bool:
@@ -144,6 +146,9 @@ def _stage1_directions(config: RunConfig, root: Path | None, progress: bool | No
 
 def _compute(config: RunConfig, directory: Path, root: Path | None, checkpoint_every: int,
              progress: bool | None, stop_after: int | None = None) -> RunResult | None:
+    atomic_write_json(directory / "config.json", {"config": config.to_dict(), "hash": config.run_hash(),
+                                                  "seed": config.seed, "chaosnb_version": __version__,
+                                                  "torch_version": torch.__version__, "label": config.label()})
     directions = _stage1_directions(config, root, progress) if config.is_perturbation else None
     training = Training(config, directions)
     checkpoint = directory / "checkpoint.pt"
@@ -154,9 +159,6 @@ def _compute(config: RunConfig, directory: Path, root: Path | None, checkpoint_e
                 training.load_state_dict(state["training"])
         except Exception:  # noqa: BLE001 - an unreadable checkpoint means: start again
             training = Training(config, directions)
-    atomic_write_json(directory / "config.json", {"config": config.to_dict(), "hash": config.run_hash(),
-                                                  "seed": config.seed, "chaosnb_version": __version__,
-                                                  "torch_version": torch.__version__, "label": config.label()})
     bar = None
     if _progress_enabled(progress):
         from tqdm.auto import tqdm
@@ -249,8 +251,12 @@ def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int |
         if not batch:
             continue
         payloads = [(c.to_dict(), str(root) if root else None, progress) for c in batch]
-        if jobs == 1:
-            out += [_sweep_worker(p) for p in payloads]
+        if jobs == 1:  # in this process: leave its torch thread count as it was
+            threads = torch.get_num_threads()
+            try:
+                out += [_sweep_worker(p) for p in payloads]
+            finally:
+                torch.set_num_threads(threads)
             continue
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             out += list(pool.map(_sweep_worker, payloads))
@@ -267,7 +273,7 @@ def list_runs(root: Path | None = None) -> list[dict]:
         try:
             cfg = json.loads((directory / "config.json").read_text())
             row["label"], row["steps"] = cfg["label"], cfg["config"]["steps"]
-        except (OSError, KeyError, json.JSONDecodeError):
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
             row["status"] = "corrupt"
         result = load_result(directory)
         if result is not None:
