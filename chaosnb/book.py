@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("smoke", "quick", "paper")
 
 
 class NotebookFailed(RuntimeError):
@@ -116,12 +115,32 @@ def execute_notebook(path: str, parameters: dict, cwd: str) -> NotebookResult:
     return NotebookResult(name, time.time() - start)
 
 
+def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
+    """Compute every run of the experiment catalogue at this profile (parallel, cached)."""
+    from chaosnb.experiments import all_configs, load_profile
+    from chaosnb.runs import is_done, sweep
+
+    configs = [c for c in all_configs(load_profile(profile, overrides)) if not is_done(c)]
+    print(f"precomputing {len(configs)} run(s) with {jobs} process(es)", flush=True)
+    start = time.time()
+    if configs:
+        sweep(configs, jobs=jobs, progress=False)
+    print(f"  runs ready in {time.time() - start:.1f} s", flush=True)
+
+
 def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, only: list[str] | None = None,
-          parameters: dict | None = None, jobs: int | None = None, html: bool = True,
+          parameters: dict | None = None, jobs: int | None = None, html: bool = True, precompute_runs: bool = True,
           root: Path = PROJECT_ROOT) -> Path:
-    """Execute the book's notebooks at ``profile`` and build the HTML; returns the HTML folder."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles are: {', '.join(PROFILES)}")
+    """Execute the book's notebooks at ``profile`` and build the HTML; returns the HTML folder.
+
+    Order: every run of the catalogue is computed first (``jobs`` processes, one torch thread each), then
+    the notebooks execute in parallel (reading runs from the store), the front page last (it tabulates
+    the verdicts the others stored), then ``jupyter-book build`` renders the executed notebooks.
+    """
+    from chaosnb.experiments import profile_names
+
+    if profile not in profile_names():
+        raise ValueError(f"unknown profile {profile!r}; valid profiles are: {', '.join(profile_names())}")
     build_dir = Path(build_dir) if build_dir else root / "_build" / profile
     staging = build_dir / "src"
     notebooks = stage(root, staging)
@@ -130,21 +149,35 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
         if unknown:
             raise ValueError(f"unknown notebook(s) {sorted(unknown)}; notebooks are: "
                              f"{', '.join(sorted(p.stem for p in notebooks))}")
-    params = {"profile": profile, **(parameters or {})}
-    todo = [p for p in notebooks if not only or p.stem in only]
-    jobs = jobs or min(len(todo), os.cpu_count() or 1) or 1
+    parameters = dict(parameters or {})
+    params = {"profile": profile, **parameters}
+    jobs = jobs or os.cpu_count() or 1
+    verdicts = build_dir / "verdicts"
+    if not only and verdicts.exists():
+        shutil.rmtree(verdicts)
+    os.environ.update({"CHAOSNB_VERDICTS": str(verdicts), "CHAOSNB_PROGRESS": "0"})
+    total = time.time()
+    if precompute_runs:
+        precompute(profile, parameters.get("overrides"), jobs)
+    if jobs > 1:  # one BLAS thread per notebook kernel when several run at once
+        os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    front = staging / f"{toc_entries(root)[0]}.ipynb"
+    todo = [p for p in notebooks if (not only or p.stem in only) and p != front]
     print(f"executing {len(todo)} notebook(s) at profile {profile!r} with {jobs} process(es)", flush=True)
     failures = []
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
         futures = [pool.submit(execute_notebook, str(p), params, str(p.parent)) for p in todo]
-        for fut in futures:
-            res = fut.result()
-            status = "FAILED " + res.error if res.error else "ok"
-            print(f"  {res.name:<32} {res.seconds:7.1f} s  {status}", flush=True)
-            if res.error:
-                failures.append(f"{res.name}: {res.error}")
+        results = [fut.result() for fut in futures]
+    if front in notebooks:
+        results.append(execute_notebook(str(front), params, str(front.parent)))
+    for res in results:
+        status = "FAILED " + res.error if res.error else "ok"
+        print(f"  {res.name:<32} {res.seconds:7.1f} s  {status}", flush=True)
+        if res.error:
+            failures.append(f"{res.name}: {res.error}")
     if failures:
         raise NotebookFailed("notebook(s) failed:\n  " + "\n  ".join(failures))
+    print(f"all notebooks executed in {time.time() - total:.1f} s", flush=True)
     if not html:
         return staging
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(staging), "--path-output", str(build_dir),
@@ -155,5 +188,5 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
         sys.stdout.write(proc.stdout[-6000:] + proc.stderr[-6000:])
         raise NotebookFailed(f"jupyter-book build failed (exit {proc.returncode})")
     out = build_dir / "_build" / "html"
-    print(f"book built: {out / 'index.html'}")
+    print(f"book built in {time.time() - total:.1f} s: {out / 'index.html'}")
     return out

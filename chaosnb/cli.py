@@ -45,7 +45,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     params = {key: _parse_value(value) for key, value in (args.param or [])}
     try:
         build(args.profile, args.build_dir, only=args.only, parameters=params, jobs=args.jobs,
-              html=not args.no_html)
+              html=not args.no_html, precompute_runs=not args.no_precompute)
     except NotebookFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override a notebook parameter (YAML value), as papermill -p")
     book.add_argument("--jobs", type=int, default=None, help="parallel notebooks (default: cores)")
     book.add_argument("--no-html", action="store_true", help="execute only, skip jupyter-book build")
+    book.add_argument("--no-precompute", action="store_true",
+                      help="do not compute the catalogue's runs up front (notebooks compute what they miss)")
     book.set_defaults(func=cmd_book)
     cli_runs.add_subcommands(sub)
     return parser

@@ -1,0 +1,207 @@
+"""The experiment catalogue: which runs each figure needs, as RunConfigs built from a profile.
+
+Notebooks ask this module for configurations and the results store (:mod:`chaosnb.runs`) for results, so
+the book driver can compute every run of a profile up front, in parallel, before any notebook executes.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from chaosnb.config import RunConfig, log_spaced_steps
+from chaosnb.data import BatchSampler
+from chaosnb.perturb import STRATEGIES
+
+PRUNE_SETS_SHOWN = ("chaotic", "neg", "pos")
+DATASET_SIZES = {"usps": 7291, "fashion_mnist": 60000}
+
+# Figure panels of the pruning experiments: (dataset, model, momentum)
+PRUNING_PANELS = {
+    "fig1": ("usps", "mlp", 0.0),
+    "B.1.1": ("usps", "mlp", 0.9),
+    "B.1.3": ("usps", "cnn", 0.0),
+    "B.1.4": ("fashion_mnist", "mlp", 0.0),
+    "B.1.5": ("fashion_mnist", "cnn", 0.0),
+}
+# Runs of the eigenspace figures B.2.x: name -> (dataset, model, activation, momentum)
+EIGEN_RUNS = {
+    "USPS MLP sigmoid": ("usps", "mlp", "sigmoid", 0.0),
+    "USPS MLP sigmoid, momentum": ("usps", "mlp", "sigmoid", 0.9),
+    "USPS MLP relu": ("usps", "mlp", "relu", 0.0),
+    "USPS CNN": ("usps", "cnn", "relu", 0.0),
+    "FMNIST MLP relu": ("fashion_mnist", "mlp", "relu", 0.0),
+    "FMNIST MLP relu, momentum": ("fashion_mnist", "mlp", "relu", 0.9),
+    "FMNIST CNN": ("fashion_mnist", "cnn", "relu", 0.0),
+}
+# The eight reference (stage-1) runs of C.1, C.2, C.3, C.5: name -> (dataset, model, momentum)
+REFERENCE_RUNS = {
+    f"{ds_label} {model.upper()}{', momentum' if mom else ''}": (ds, model, mom)
+    for ds, ds_label in (("usps", "USPS"), ("fashion_mnist", "FMNIST"))
+    for model in ("mlp", "cnn") for mom in (0.0, 0.9)
+}
+
+
+@lru_cache(maxsize=1)
+def _profiles() -> dict:
+    return yaml.safe_load(resources.files("chaosnb").joinpath("profiles.yaml").read_text())
+
+
+def profile_names() -> tuple[str, ...]:
+    return tuple(_profiles())
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_profile(name: str, overrides: dict | None = None) -> dict:
+    """A profile's settings (``profiles.yaml``), with ``overrides`` merged in key by key."""
+    profiles = _profiles()
+    if name not in profiles:
+        raise ValueError(f"unknown profile {name!r}; valid profiles are: {', '.join(profiles)}")
+    return {**_merge(profiles[name], overrides or {}), "name": name}
+
+
+def steps_for(value: int | str, dataset: str, batch_size: int) -> int:
+    """An int, or ``"<n> epochs"`` converted with the dataset's steps per epoch (last batch included)."""
+    if isinstance(value, int):
+        return value
+    number, unit = str(value).split()
+    if unit not in ("epoch", "epochs"):
+        raise ValueError(f"steps must be an int or '<n> epochs', got {value!r}")
+    return int(float(number) * BatchSampler(DATASET_SIZES[dataset], batch_size, 0).steps_per_epoch)
+
+
+def _by_model(value, model: str):
+    return value[model] if isinstance(value, dict) else value
+
+
+def base_config(profile: dict, dataset: str, model: str, **fields) -> RunConfig:
+    """The profile's lr / batch size / seed for a dataset and model, plus ``fields``."""
+    values = {"dataset": dataset, "model": model, "lr": float(_by_model(profile["lr"], model)),
+              "batch_size": profile["batch_size"], "seed": profile["seed"],
+              "spectrum_method": "lowrank" if model == "mlp" else "dense"}
+    values.update(fields)
+    return RunConfig(**values)
+
+
+def pruning_runs(profile: dict, panel: str) -> dict[str, RunConfig]:
+    """SGD and CGD with each prune set for one pruning panel (Figure 1, B.1.1-B.1.5)."""
+    dataset, model, momentum = PRUNING_PANELS[panel]
+    p = profile["pruning"]
+    steps = steps_for(p[f"{model}_steps"], dataset, profile["batch_size"])
+    common = dict(momentum=momentum, steps=steps, eval_every=p["eval_every"])
+    runs = {"sgd": base_config(profile, dataset, model, **common)}
+    for prune_set in PRUNE_SETS_SHOWN:
+        runs[prune_set] = base_config(profile, dataset, model, optimizer="cgd", prune_set=prune_set, **common)
+    return runs
+
+
+def pruning_start_runs(profile: dict) -> dict[str, RunConfig]:
+    """Main-text Figure 2: CGD (chaotic) switched on at several steps vs SGD, MLP on USPS at batch 16."""
+    p = profile["pruning_start"]
+    common = dict(steps=int(p["steps"]), batch_size=int(p["batch_size"]), eval_every=0)
+    runs = {"sgd": base_config(profile, "usps", "mlp", **common)}
+    for start in p["starts"]:
+        runs[f"pruning from {start}"] = base_config(profile, "usps", "mlp", optimizer="cgd", prune_set="chaotic",
+                                                    prune_start=int(start), **common)
+    return runs
+
+
+def eigen_runs(profile: dict, datasets: tuple[str, ...] = ("usps", "fashion_mnist")) -> dict[str, RunConfig]:
+    """SGD runs with Hessian spectra every k steps (Figures B.2.1-B.2.7)."""
+    p = profile["eigen"]
+    out = {}
+    for name, (dataset, model, activation, momentum) in EIGEN_RUNS.items():
+        if dataset in datasets:
+            out[name] = base_config(profile, dataset, model, activation=activation, momentum=momentum,
+                                    steps=steps_for(p["steps"], dataset, profile["batch_size"]),
+                                    spectrum_every=int(p["spectrum_every"]))
+    return out
+
+
+def tangent_schedule(profile: dict, model: str, steps: int) -> tuple[int, ...]:
+    """Log-spaced steps at which the finite-time Lyapunov spectrum is computed (always incl. the last)."""
+    points = int(_by_model(profile["lyapunov"]["points"], model))
+    first = min(int(profile["subspace"]["first"]), steps)
+    steps_list = set(log_spaced_steps(steps, per_decade=1, first=1))
+    if points > 1:
+        import numpy as np
+
+        steps_list = {int(round(v)) for v in np.geomspace(first, steps, points)}
+    return tuple(sorted(steps_list | {first, steps}))
+
+
+def reference_runs(profile: dict) -> dict[str, RunConfig]:
+    """The eight SGD runs with the tangent map (C.1.1, C.1.2, C.2.1 and stage 1 of C.3-C.5)."""
+    out = {}
+    for name, (dataset, model, momentum) in REFERENCE_RUNS.items():
+        steps = steps_for(profile["lyapunov"][f"{model}_steps"], dataset, profile["batch_size"])
+        schedule = tangent_schedule(profile, model, steps)
+        first = min(int(profile["subspace"]["first"]), steps)
+        out[name] = base_config(profile, dataset, model, momentum=momentum, steps=steps, tangent_steps=schedule,
+                                snapshot_steps=(first, steps) if first < steps else (steps,))
+    return out
+
+
+def lyapunov_pruning_runs(profile: dict) -> dict[str, RunConfig]:
+    """Figure C.1.3: MLP on USPS with momentum 0.9, SGD and CGD with each prune set, with the tangent map."""
+    steps = steps_for(profile["lyapunov"]["pruning_steps"], "usps", profile["batch_size"])
+    schedule = tangent_schedule(profile, "mlp", steps)
+    common = dict(momentum=0.9, steps=steps, tangent_steps=schedule)
+    runs = {"sgd": base_config(profile, "usps", "mlp", **common)}
+    for prune_set in PRUNE_SETS_SHOWN:
+        runs[prune_set] = base_config(profile, "usps", "mlp", optimizer="cgd", prune_set=prune_set, **common)
+    return runs
+
+
+def perturbation_run(profile: dict, reference: RunConfig, eps: float) -> RunConfig:
+    """Stage 2 of the distance experiments for one reference run: five perturbed models and the original."""
+    import dataclasses
+
+    p = profile["perturbation"]
+    steps = steps_for(p[f"{reference.model}_steps"], reference.dataset, profile["batch_size"])
+    stage1 = dataclasses.replace(reference, steps=steps,
+                                 tangent_steps=tuple(s for s in reference.tangent_steps if s <= steps) or (steps,),
+                                 snapshot_steps=tuple(s for s in reference.snapshot_steps if s <= steps))
+    return dataclasses.replace(stage1, perturb_eps=float(eps), perturb_strategies=STRATEGIES,
+                               eval_every=int(p["eval_every"]))
+
+
+def perturbation_runs(profile: dict, eps: float) -> dict[str, RunConfig]:
+    return {name: perturbation_run(profile, ref, eps) for name, ref in reference_runs(profile).items()}
+
+
+def eps_sweep_runs(profile: dict) -> dict[float, RunConfig]:
+    """Figure C.4.1: one reference configuration perturbed with each eps of the sweep."""
+    p = profile["eps_sweep"]
+    name = next(n for n, (ds, model, mom) in REFERENCE_RUNS.items()
+                if ds == p["dataset"] and model == p["model"] and mom == 0.0)
+    ref = reference_runs(profile)[name]
+    return {float(eps): perturbation_run(profile, ref, eps) for eps in p["eps"]}
+
+
+def all_configs(profile: dict) -> list[RunConfig]:
+    """Every run the book needs at this profile (stage-1 runs first), without duplicates."""
+    configs: list[RunConfig] = []
+    for panel in PRUNING_PANELS:
+        configs += pruning_runs(profile, panel).values()
+    configs += pruning_start_runs(profile).values()
+    configs += eigen_runs(profile).values()
+    configs += reference_runs(profile).values()
+    configs += lyapunov_pruning_runs(profile).values()
+    for eps in (profile["perturbation"]["eps_main"], profile["perturbation"]["eps_large"]):
+        configs += perturbation_runs(profile, eps).values()
+    configs += eps_sweep_runs(profile).values()
+    stage1 = [c.stage1() for c in configs if c.is_perturbation]
+    return list(dict.fromkeys(stage1 + configs))

@@ -1,0 +1,83 @@
+"""Verdicts: each figure's claim from the paper, what this run measured, and reproduced / partly / not.
+
+A notebook calls :func:`verdict` once per figure; it shows a box in the page and stores the verdict as JSON
+(``$CHAOSNB_VERDICTS``, set by the book driver) so that the front page can tabulate every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATUSES = ("reproduced", "partly", "not reproduced")
+VERDICTS_ENV = "CHAOSNB_VERDICTS"
+_BADGE = {"reproduced": "✅ reproduced", "partly": "🟡 partly reproduced", "not reproduced": "❌ not reproduced"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    figure: str
+    claim: str
+    measured: str
+    status: str
+    reason: str
+    profile: str
+    page: str
+
+    def markdown(self) -> str:
+        return (f"**Verdict for {self.figure} at profile `{self.profile}`: {_BADGE[self.status]}.**\n\n"
+                f"- *Paper:* {self.claim}\n- *Measured here:* {self.measured}\n- *Why:* {self.reason}")
+
+
+def verdict_dir() -> Path | None:
+    env = os.environ.get(VERDICTS_ENV)
+    return Path(env) if env else None
+
+
+def _slug(figure: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in figure).strip("_").lower()
+
+
+def verdict(figure: str, claim: str, measured: str, status: str, reason: str, profile: str, page: str,
+            display: bool = True) -> Verdict:
+    """Record and display the verdict for one figure (status: reproduced | partly | not reproduced)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown verdict status {status!r}; valid: {', '.join(STATUSES)}")
+    v = Verdict(figure, claim, measured, status, reason, profile, page)
+    folder = verdict_dir()
+    if folder is not None:
+        from chaosnb.runs import atomic_write_json
+
+        atomic_write_json(folder / f"{_slug(figure)}.json", asdict(v))
+    if display:
+        from IPython.display import Markdown
+        from IPython.display import display as show
+
+        show(Markdown(v.markdown()))
+    return v
+
+
+def load_verdicts(folder: Path | None = None) -> list[Verdict]:
+    """All stored verdicts, in figure order (main text first, then the appendix)."""
+    folder = folder or verdict_dir()
+    if folder is None or not folder.exists():
+        return []
+    items = [Verdict(**json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    return sorted(items, key=lambda v: (not v.figure.startswith("Figure"), _natural(v.figure)))
+
+
+def _natural(text: str) -> list:
+    import re
+
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
+
+
+def verdict_table(verdicts: list[Verdict]) -> str:
+    """Markdown table: figure, claim, verdict, profile, link."""
+    rows = ["| figure | claim of the paper | verdict | profile | page |", "| --- | --- | --- | --- | --- |"]
+    for v in verdicts:
+        claim = v.claim.replace("|", "/")
+        rows.append(f"| {v.figure} | {claim} | {_BADGE[v.status]} | `{v.profile}` | [{v.page}]({v.page}.html) |")
+    return "\n".join(rows)
