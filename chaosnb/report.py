@@ -75,9 +75,16 @@ def _natural(text: str) -> list:
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    """Markdown table: figure, claim, verdict, profile, link."""
-    rows = ["| figure | claim of the paper | verdict | profile | page |", "| --- | --- | --- | --- | --- |"]
-    for v in verdicts:
-        claim = v.claim.replace("|", "/")
-        rows.append(f"| {v.figure} | {claim} | {_BADGE[v.status]} | `{v.profile}` | [{v.page}]({v.page}.html) |")
-    return "\n".join(rows)
+    """HTML table: figure, claim, verdict, profile, link to the page that shows it."""
+    from html import escape
+
+    head = "<tr><th>figure</th><th>claim of the paper</th><th>verdict</th><th>profile</th><th>page</th></tr>"
+    rows = [f"<tr><td>{escape(v.figure)}</td><td>{escape(v.claim)}</td><td>{_BADGE[v.status]}</td>"
+            f"<td><code>{escape(v.profile)}</code></td><td><a href=\"{escape(v.page)}.html\">{escape(v.page)}</a>"
+            "</td></tr>" for v in verdicts]
+    return f"<table class=\"table\">{head}{''.join(rows)}</table>"
+
+
+def verdict_counts(verdicts: list[Verdict]) -> dict[str, int]:
+    """How many figures have each status."""
+    return {status: sum(v.status == status for v in verdicts) for status in STATUSES}
