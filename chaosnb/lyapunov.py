@@ -6,6 +6,8 @@
   rescaled float64 matrix times 2**k so that long horizons neither overflow nor underflow.
 * Finite-time exponents as the paper defines them: L_t = Y_t^T Y_t, exponents (1/(2t)) log eig(L_t)
   = (1/t) log sigma_i(Y_t), with the chaotic subspace spanned by the eigenvectors of L_t with eigenvalue > 1.
+  Early in training (few low-rank steps) Y_t - I has low rank and an exact structured path replaces the
+  N x N SVD by one of an N x m matrix (see :func:`finite_time_lyapunov`).
 * Theorem A.6's upper bound on the maximal exponent (running mean of the per-step maximal LLE), the
   determinant sum rule sum_i lambda_i(t) = (1/t) sum_s log|det J_s|, and the Benettin/QR algorithm for any
   map given its Jacobians (with the Henon and logistic maps as known references).
@@ -25,6 +27,12 @@ from chaosnb.curvature import Spectrum
 
 EPS64 = torch.finfo(torch.float64).eps
 LN2 = math.log(2.0)
+LYAPUNOV_METHODS = ("auto", "full", "structured")
+STRUCTURED_OVERSAMPLING = 10
+"""Extra Gaussian probes beyond the rank bound in the structured path's range finder."""
+STRUCTURED_MAX_LOG2_SCALE = 900
+"""The structured path forms the TRUE Y_t = Y_scaled * 2**k; only for |k| up to this (no overflow)."""
+_STRUCTURED_SEED = 20240917
 
 HessianLike = torch.Tensor | Spectrum | tuple[torch.Tensor, torch.Tensor]
 """A Hessian (or CGD's projected P H): a dense symmetric N x N matrix, a :class:`Spectrum`, or a pair
@@ -151,6 +159,12 @@ class TangentMap:
     Y is stored as ``Y_scaled * 2**k``: after every step Y_scaled (and G) are multiplied by the power of two
     that brings max|Y_scaled| into [0.5, 1). Powers of two are exact, so the scaled recursion is bit-for-bit
     the unscaled one, but it never overflows; ``log_scale = k log 2``.
+
+    ``update_rank`` is an upper bound on rank(Y_t - I): every low-rank step adds the number of (nonzero)
+    eigenpairs it used, a dense step sets it to N. (Plain SGD: Y_t - I is a sum of products that start and
+    end with some H_s; momentum: Y_t - I = -lr sum_s G_s and G_s's range and row space lie in the span of
+    the V's used so far. Either way range and row space of Y_t - I lie in that span.) While it is small,
+    :func:`finite_time_lyapunov` takes the exact structured path.
     """
 
     def __init__(self, num_params: int, lr: float, momentum: float = 0.0,
@@ -164,6 +178,7 @@ class TangentMap:
         self.momentum = float(momentum)
         self.t = 0
         self._log2_scale = 0
+        self._update_rank = 0
         self._y = torch.eye(self.num_params, dtype=torch.float64, device=device)
         self._g = torch.zeros_like(self._y) if self.momentum > 0.0 else None
 
@@ -172,12 +187,18 @@ class TangentMap:
         """log of the scalar factor: Y = Y_scaled * exp(log_scale)."""
         return self._log2_scale * LN2
 
-    def _hessian_times(self, h: HessianLike, y: torch.Tensor) -> torch.Tensor:
+    @property
+    def update_rank(self) -> int:
+        """Upper bound on rank(Y_t - I) (N after any dense step; see the class docstring)."""
+        return self._update_rank
+
+    def _hessian_times(self, h: HessianLike, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(H y, rank bound of H): N for a dense H, the number of nonzero eigenvalues for a pair."""
         if isinstance(h, torch.Tensor):
-            return _dense(h, self.num_params).to(y.device) @ y
+            return _dense(h, self.num_params).to(y.device) @ y, self.num_params
         lam, vecs = _pair(h, self.num_params)
         lam, vecs = lam.to(y.device), vecs.to(y.device)
-        return vecs @ (lam[:, None] * (vecs.T @ y))
+        return vecs @ (lam[:, None] * (vecs.T @ y)), int((lam != 0.0).sum())
 
     def step(self, h: HessianLike, lr: float | None = None) -> None:
         """One training step with Hessian (or CGD's P H) ``h``; ``lr`` overrides the default for this step.
@@ -186,7 +207,8 @@ class TangentMap:
         forming I - lr H (for a low-rank pair the complement of span(V) is left unchanged, J = I there).
         """
         lr = self.lr if lr is None else float(lr)
-        hy = self._hessian_times(h, self._y)
+        hy, rank = self._hessian_times(h, self._y)
+        self._update_rank = min(self.num_params, self._update_rank + rank)
         if self._g is None:
             self._y = self._y - lr * hy
         else:
@@ -218,18 +240,27 @@ class TangentMap:
         """(Y_scaled, log_scale) with Y_t = Y_scaled * exp(log_scale); max|Y_scaled| in [0.5, 1)."""
         return self._y.clone(), self.log_scale
 
-    def lyapunov(self, tol: float = 0.0) -> FiniteTimeLyapunov:
+    def lyapunov(self, tol: float = 0.0, method: str = "auto") -> FiniteTimeLyapunov:
         """The finite-time exponents of Y_t (see :func:`finite_time_lyapunov`)."""
-        return finite_time_lyapunov(self, tol)
+        return finite_time_lyapunov(self, tol, method)
+
+    def structured_applicable(self, strict: bool = True) -> bool:
+        """Whether the structured (low-rank Y_t - I) path can be used: the true Y_t is representable
+        (|log2 scale| <= STRUCTURED_MAX_LOG2_SCALE) and, if ``strict`` (what ``method="auto"`` asks), it pays
+        off: 2 (update_rank + STRUCTURED_OVERSAMPLING) < N / 2."""
+        if abs(self._log2_scale) > STRUCTURED_MAX_LOG2_SCALE:
+            return False
+        return not strict or 2 * (self._update_rank + STRUCTURED_OVERSAMPLING) < self.num_params / 2
 
     def state_dict(self) -> dict:
         """Everything needed to continue: plain numbers and tensors (clones)."""
         return {"num_params": self.num_params, "lr": self.lr, "momentum": self.momentum, "t": self.t,
-                "log2_scale": self._log2_scale, "y": self._y.clone(),
+                "log2_scale": self._log2_scale, "update_rank": self._update_rank, "y": self._y.clone(),
                 "g": None if self._g is None else self._g.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (the shapes and the presence of momentum must agree)."""
+        """Restore a :meth:`state_dict` (the shapes and the presence of momentum must agree). A state without
+        ``update_rank`` (older checkpoints) gets the trivial bound N: always the full SVD."""
         if int(state["num_params"]) != self.num_params:
             raise ValueError(f"state is for {state['num_params']} parameters, not {self.num_params}")
         if (state["g"] is None) != (self._g is None):
@@ -237,6 +268,7 @@ class TangentMap:
         device = self._y.device
         self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
         self.t, self._log2_scale = int(state["t"]), int(state["log2_scale"])
+        self._update_rank = min(self.num_params, int(state.get("update_rank", self.num_params)))
         self._y = state["y"].to(device=device, dtype=torch.float64).clone()
         self._g = None if state["g"] is None else state["g"].to(device=device, dtype=torch.float64).clone()
 
@@ -254,7 +286,8 @@ class FiniteTimeLyapunov:
     cannot be resolved in float64 (not by the SVD, nor by the recursion that produced Y_t): their exponents
     are set to -inf (like the paper's "-inf" minimal LCEs) and count as non-chaotic. ``resolution`` is the
     exponent of that threshold: every finite exponent is >= it. Exponents in [-tol, tol] count as
-    non-chaotic (edge); the paper's definition is tol = 0 (chaotic iff eig(L_t) > 1).
+    non-chaotic (edge); the paper's definition is tol = 0 (chaotic iff eig(L_t) > 1). ``method`` says how
+    it was computed: "full" (SVD of Y_t) or "structured" (low-rank Y_t - I, see :func:`finite_time_lyapunov`).
     """
 
     exponents: torch.Tensor
@@ -262,6 +295,7 @@ class FiniteTimeLyapunov:
     t: int
     resolution: float
     tol: float = 0.0
+    method: str = "full"
 
     @property
     def resolved(self) -> torch.Tensor:
@@ -343,13 +377,70 @@ def finite_time_exponents(y: torch.Tensor, t: int, log_scale: float = 0.0, tol: 
     exponents = (torch.log(s) + log_scale) / t
     exponents[s < threshold] = -math.inf
     resolution = (math.log(threshold) + log_scale) / t if threshold > 0 else -math.inf
-    return FiniteTimeLyapunov(exponents, vh.T.contiguous(), int(t), resolution, float(tol))
+    return FiniteTimeLyapunov(exponents, vh.T.contiguous(), int(t), resolution, float(tol), "full")
 
 
-def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0) -> FiniteTimeLyapunov:
-    """Finite-time exponents of a :class:`TangentMap` from its scaled matrix (no overflow at any horizon)."""
+def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str = "auto"
+                         ) -> FiniteTimeLyapunov:
+    """Finite-time exponents of a :class:`TangentMap` (no overflow at any horizon).
+
+    ``method="full"``: SVD of the scaled N x N matrix (:func:`finite_time_exponents`). ``"structured"``: the
+    exact low-rank path. A = Y_t - I has rank <= k = ``tangent_map.update_rank``; on the orthogonal complement
+    of S = range(A) + range(A^T) both Y and Y^T act as the identity, so those directions are eigenvectors of
+    L_t with eigenvalue 1 (exponent exactly 0, non-chaotic for any tol >= 0), S is invariant under L_t and the
+    other singular values and vectors come from the SVD of the N x m matrix Y Q, Q an orthonormal basis of S.
+    Q comes from a randomized range finder with the exact rank bound (Gaussian probes A Omega_1, A^T Omega_2
+    of width k + STRUCTURED_OVERSAMPLING, fixed seed) and a rank-revealing SVD (singular values above
+    N eps s_max); the complement's basis from a complete QR of Q, so ``vectors`` stays a full orthonormal
+    N x N matrix in descending-exponent order. Cost ~ N^2 k instead of ~ N^3; the resolution / -inf rule is
+    the full path's (sigma_max N eps). It needs the true Y_t (|log2 scale| <= STRUCTURED_MAX_LOG2_SCALE),
+    else ValueError. ``"auto"`` (the default) takes it when also 2 (k + STRUCTURED_OVERSAMPLING) < N / 2,
+    the full SVD otherwise; both agree up to rounding.
+    """
+    if method not in LYAPUNOV_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(LYAPUNOV_METHODS)}")
+    if tangent_map.t <= 0:
+        raise ValueError("finite-time exponents need t >= 1 steps")
+    if method == "structured" and not tangent_map.structured_applicable(strict=False):
+        raise ValueError("the structured path needs |log2 scale| <= "
+                         f"{STRUCTURED_MAX_LOG2_SCALE}, got {tangent_map._log2_scale}")
+    if method == "structured" or (method == "auto" and tangent_map.structured_applicable()):
+        return _structured_exponents(tangent_map, tol)
     y, log_scale = tangent_map.scaled()
     return finite_time_exponents(y, tangent_map.t, log_scale, tol)
+
+
+def _structured_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:
+    """The structured path of :func:`finite_time_lyapunov` (checks done by the caller)."""
+    n, t = tangent_map.num_params, tangent_map.t
+    y_scaled = tangent_map._y
+    a = y_scaled * 2.0 ** tangent_map._log2_scale  # the true Y_t: exact, |log2 scale| <= 900
+    a.diagonal().sub_(1.0)  # A = Y_t - I
+    width = min(tangent_map.update_rank + STRUCTURED_OVERSAMPLING, n)
+    gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
+    omega = torch.randn(n, 2 * width, generator=gen, dtype=torch.float64).to(a.device)
+    probes = torch.cat([a @ omega[:, :width], a.T @ omega[:, width:]], dim=1)
+    del omega
+    u, sc, _ = torch.linalg.svd(probes, full_matrices=False)
+    del probes
+    m = int((sc > sc[0] * n * EPS64).sum())  # 0 when A = 0
+    if m:
+        basis, _ = torch.linalg.qr(u[:, :m], mode="complete")  # [Q, Q_perp], orthonormal N x N
+    else:
+        basis = torch.eye(n, dtype=torch.float64, device=a.device)
+    del u
+    q = basis[:, :m]
+    _, s, wh = torch.linalg.svd(a @ q + q, full_matrices=False)  # Y Q = A Q + Q
+    del a
+    ones = torch.ones(n - m, dtype=torch.float64, device=s.device)
+    above = int((s > 1.0).sum())  # s is descending: [s > 1, the exact ones, s <= 1]
+    sigma = torch.cat([s[:above], ones, s[above:]])
+    vectors = torch.cat([q @ wh[:above].T, basis[:, m:], q @ wh[above:].T], dim=1)
+    threshold = float(sigma[0]) * n * EPS64
+    exponents = torch.log(sigma) / t
+    exponents[sigma < threshold] = -math.inf
+    resolution = math.log(threshold) / t if threshold > 0 else -math.inf
+    return FiniteTimeLyapunov(exponents, vectors, int(t), resolution, float(tol), "structured")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Lyapunov exponents: the tangent map against autograd through unrolled training, closed forms for constant
 Hessians, the determinant sum rule, known exponents of the Henon and logistic maps, long horizons, the
-Theorem A.6 bound, and checkpointing."""
+Theorem A.6 bound, checkpointing, and the structured (low-rank Y_t - I) path against the full SVD."""
 
 import io
 import math
@@ -11,6 +11,7 @@ from torch.func import grad, jacrev
 
 from chaosnb.curvature import dense_hessian, hessian_spectrum
 from chaosnb.lyapunov import (
+    STRUCTURED_MAX_LOG2_SCALE,
     FiniteTimeLyapunov,
     TangentMap,
     finite_time_exponents,
@@ -384,3 +385,154 @@ def test_finite_time_exponents_of_plain_matrix():
         finite_time_exponents(y, t=0)
     with pytest.raises(ValueError):
         finite_time_exponents(torch.full((2, 2), math.inf, dtype=F64), t=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier 5: the structured path (low-rank Y_t - I) equals the full SVD
+# ----------------------------------------------------------------------------------------------------------
+
+def lowrank_steps(tm: TangentMap, steps: int, rank: int, seed: int, scale: float = 30.0) -> None:
+    """``steps`` random low-rank steps: orthonormal V (N, rank), eigenvalues ~ scale * N(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        vecs, _ = torch.linalg.qr(torch.randn(tm.num_params, rank, generator=gen, dtype=F64))
+        tm.step((scale * torch.randn(rank, generator=gen, dtype=F64), vecs))
+
+
+def assert_same_spectrum(full: FiniteTimeLyapunov, fast: FiniteTimeLyapunov, y: torch.Tensor | None = None
+                         ) -> None:
+    n = full.vectors.shape[0]
+    assert full.method == "full" and fast.method == "structured"
+    assert fast.exponents.shape == (n,) and fast.vectors.shape == (n, n) and fast.t == full.t
+    assert torch.equal(full.resolved, fast.resolved)
+    assert torch.allclose(fast.exponents[fast.resolved], full.exponents[full.resolved], rtol=0, atol=1e-10)
+    assert torch.all(fast.exponents[:-1] >= fast.exponents[1:])  # descending
+    assert fast.resolution == pytest.approx(full.resolution, rel=0, abs=1e-12)
+    assert fast.chaotic_dim == full.chaotic_dim and fast.non_chaotic_dim == full.non_chaotic_dim
+    assert fast.chaotic_dim_certain == full.chaotic_dim_certain
+    p_full, p_fast = (b @ b.T for b in (full.chaotic_subspace(), fast.chaotic_subspace()))
+    assert torch.linalg.matrix_norm(p_full - p_fast) < 1e-8  # Frobenius >= spectral norm
+    assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+    if y is not None:  # the vectors diagonalise L_t = Y^T Y with eigenvalues sigma_i^2 (ties included)
+        yv = y @ fast.vectors
+        sigma2 = torch.exp(2.0 * full.t * fast.exponents)
+        assert torch.allclose(yv.T @ yv, torch.diag(sigma2), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_structured_equals_full_on_tiny_model(momentum):
+    lr, steps = 0.5, 2
+    flat, theta0, xs, ys = tiny_problem(steps, batch=1)
+    n = theta0.numel()
+    tm = TangentMap(n, lr, momentum)
+    bound = 0
+    for theta, x, y in zip(trajectory(flat, theta0, xs, ys, lr, momentum), xs, ys, strict=True):
+        spec = hessian_spectrum(flat.loss_fn(x, y), theta, method="lowrank", max_rank_fraction=0.9)
+        tm.step(spec)
+        bound += int((spec.eigenvalues != 0).sum())
+    assert tm.update_rank == bound < n
+    assert (tm.matrix() - torch.eye(n, dtype=F64)).abs().max() > 1e-3  # non-trivial
+    assert tm.lyapunov(1e-12).method == "full"  # too small an N for the structured path to pay off
+    full, fast = tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12, method="structured")
+    assert int((fast.exponents == 0.0).sum()) >= n - 2 * bound  # the complement: exponent exactly 0
+    assert_same_spectrum(full, fast, tm.matrix())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_structured_equals_full_synthetic(momentum):
+    n = 300
+    tm = TangentMap(n, 0.05, momentum)
+    lowrank_steps(tm, 3, 12, seed=5)
+    assert tm.update_rank == 36
+    full, fast = tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12)
+    assert fast.method == "structured"
+    assert fast.chaotic_dim > 5 and fast.non_chaotic_dim > n - 36 and fast.num_unresolved == 0
+    assert_same_spectrum(full, fast, tm.matrix())
+    again = finite_time_lyapunov(tm, 1e-12, method="structured")
+    assert torch.equal(again.exponents, fast.exponents) and torch.equal(again.vectors, fast.vectors)
+
+
+def test_structured_unresolved_directions():
+    """An eigenvalue 1/lr kills a direction (-inf in both paths); a growth beyond 1/(N eps) makes the exact
+    eigenvalue-1 complement unresolved too, exactly as in the full path."""
+    n, lr = 200, 0.5
+    gen = torch.Generator().manual_seed(6)
+    vecs, _ = torch.linalg.qr(torch.randn(n, 4, generator=gen, dtype=F64))
+    tm = TangentMap(n, lr)
+    tm.step((torch.tensor([1.0 / lr, -3.0, 0.7, 5.0], dtype=F64), vecs))
+    tm.step((torch.tensor([0.3, -1.0], dtype=F64), vecs[:, 1:3]))
+    full, fast = tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12)
+    assert fast.num_unresolved == 1 and fast.exponents[-1] == -math.inf
+    assert_same_spectrum(full, fast)
+
+    growing = TangentMap(n, 1.0)
+    for _ in range(6):
+        growing.step((torch.tensor([-1e3], dtype=F64), vecs[:, :1]))  # factor 1001 per step
+    full, fast = growing.lyapunov(1e-12, method="full"), growing.lyapunov(1e-12)
+    assert fast.method == "structured" and fast.num_unresolved == n - 1 and fast.resolution > 0.0
+    assert fast.max_exponent == pytest.approx(math.log(1001.0), abs=1e-12)
+    assert_same_spectrum(full, fast)
+
+
+def test_structured_with_no_update_is_identity():
+    n = 100
+    tm = TangentMap(n, 0.1)
+    tm.step((torch.zeros(3, dtype=F64), torch.eye(n, dtype=F64)[:, :3]))
+    assert tm.update_rank == 0
+    fast = tm.lyapunov(method="structured")
+    assert torch.equal(fast.exponents, torch.zeros(n, dtype=F64)) and fast.chaotic_dim == 0
+    assert torch.equal(fast.vectors, torch.eye(n, dtype=F64))
+
+
+def test_auto_picks_structured_only_for_small_rank_bound():
+    n = 200  # structured iff 2 (k + 10) < 100, i.e. k <= 39
+    tm = TangentMap(n, 0.05)
+    methods = []
+    for _ in range(5):
+        lowrank_steps(tm, 1, 8, seed=7 + tm.t)
+        methods.append((tm.update_rank, tm.lyapunov(1e-12).method))
+    assert methods == [(8, "structured"), (16, "structured"), (24, "structured"), (32, "structured"),
+                       (40, "full")]
+    assert_same_spectrum(tm.lyapunov(1e-12), tm.lyapunov(1e-12, method="structured"), tm.matrix())
+
+    dense = TangentMap(n, 0.05)
+    lowrank_steps(dense, 1, 3, seed=8)
+    assert dense.lyapunov().method == "structured"
+    dense.step(random_symmetric(n, torch.Generator().manual_seed(9)))
+    lowrank_steps(dense, 1, 3, seed=10)
+    assert dense.update_rank == n and dense.lyapunov().method == "full"
+    with pytest.raises(ValueError):
+        dense.lyapunov(method="bogus")
+
+
+def test_structured_needs_a_representable_scale():
+    tm = TangentMap(50, 1.0)
+    v = torch.eye(50, dtype=F64)[:, :1]
+    for _ in range(95):
+        tm.step((torch.tensor([-1e3], dtype=F64), v))
+    assert tm.update_rank == 50 and tm.scaled()[1] / math.log(2.0) > STRUCTURED_MAX_LOG2_SCALE
+    tm._update_rank = 1  # rank 1 indeed, but the true Y_t is not representable: auto falls back
+    assert tm.lyapunov().method == "full"
+    assert tm.lyapunov().max_exponent == pytest.approx(math.log(1001.0), abs=1e-12)
+    with pytest.raises(ValueError):
+        tm.lyapunov(method="structured")
+    with pytest.raises(ValueError):
+        TangentMap(50, 1.0).lyapunov(method="structured")  # t = 0
+
+
+def test_state_dict_keeps_update_rank():
+    n = 300
+    tm = TangentMap(n, 0.05, 0.9)
+    lowrank_steps(tm, 2, 12, seed=11)
+    state = tm.state_dict()
+    assert state["update_rank"] == 24
+    restored = TangentMap(n, 0.05, 0.9)
+    restored.load_state_dict(state)
+    assert restored.update_rank == 24 and restored.lyapunov(1e-12).method == "structured"
+    assert torch.equal(restored.lyapunov(1e-12).exponents, tm.lyapunov(1e-12).exponents)
+    lowrank_steps(restored, 1, 5, seed=12)
+    assert restored.update_rank == 29
+    old = {key: value for key, value in state.items() if key != "update_rank"}  # a checkpoint from before
+    legacy = TangentMap(n, 0.05, 0.9)
+    legacy.load_state_dict(old)
+    assert legacy.update_rank == n and legacy.lyapunov(1e-12).method == "full"
