@@ -124,7 +124,9 @@ def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
     print(f"precomputing {len(configs)} run(s) with {jobs} process(es)", flush=True)
     start = time.time()
     if configs:
-        sweep(configs, jobs=jobs, progress=False)
+        for run_hash, status, _ in sweep(configs, jobs=jobs, progress=False):
+            if status.startswith("error"):
+                print(f"  run {run_hash} failed: {status}", flush=True)
     print(f"  runs ready in {time.time() - start:.1f} s", flush=True)
 
 

@@ -154,12 +154,16 @@ def spectrum_from_matrix(h: torch.Tensor, rtol: float = DEFAULT_RTOL, atol: floa
     """Eigendecompose a symmetric matrix with ``torch.linalg.eigh`` (the dense reference).
 
     float32 ``eigh`` can fail to converge on Hessians with thousands of (numerically) repeated zero
-    eigenvalues (seen for the CNN); it is then repeated in float64 and cast back.
+    eigenvalues (seen for the CNN), or return NaN eigenpairs without raising (also seen for the CNN); in
+    both cases it is repeated in float64 and cast back.
     """
     sym = 0.5 * (h + h.T)
     try:
         lam, vecs = torch.linalg.eigh(sym)
+        failed = not (bool(torch.isfinite(lam).all()) and bool(torch.isfinite(vecs).all()))
     except torch.linalg.LinAlgError:
+        failed = True
+    if failed and bool(torch.isfinite(sym).all()):
         lam, vecs = (t.to(h.dtype) for t in torch.linalg.eigh(sym.double()))
     return Spectrum(lam, vecs, h.shape[0], _tolerance(lam, rtol, atol), method)
 

@@ -235,14 +235,18 @@ def _sweep_worker(payload: tuple[dict, str | None, bool | None]) -> tuple[str, s
     data, root, progress = payload
     torch.set_num_threads(1)
     config = RunConfig.from_dict(data)
-    result = get(config, Path(root) if root else None, progress=progress)
+    try:
+        result = get(config, Path(root) if root else None, progress=progress)
+    except Exception as err:  # noqa: BLE001 - one failing run must not stop the others; reported to the caller
+        return config.run_hash(), f"error: {type(err).__name__}: {err}", 0.0
     return config.run_hash(), result.status, result.wall_time
 
 
 def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int | None = None,
           progress: bool | None = None) -> list[tuple[str, str, float]]:
     """Run independent configurations in parallel processes (one torch thread each); returns
-    (hash, status, wall time) per configuration. Stage-1 runs of perturbation runs are computed first."""
+    (hash, status, wall time) per configuration, status ``"error: ..."`` for a run that raised (the others go
+    on). Stage-1 runs of perturbation runs are computed first."""
     configs = list(dict.fromkeys(configs))
     stage1 = list(dict.fromkeys(c.stage1() for c in configs if c.is_perturbation))
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
