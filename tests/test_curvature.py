@@ -107,3 +107,19 @@ def test_minibatch_spectrum_on_the_paper_mlp_matches_dense(data_root):
     v = torch.randn(theta.numel(), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     hv = hvp_fn(flat.loss_fn(x, y), theta)(v)
     assert torch.allclose(low.matvec(v), hv, atol=1e-10)
+
+
+def test_eigh_falls_back_to_float64_when_float32_silently_returns_nan(monkeypatch):
+    h = torch.diag(torch.tensor([-1.0, 0.0, 2.0]))
+    original = torch.linalg.eigh
+
+    def flaky(a, *args, **kwargs):
+        lam, vecs = original(a, *args, **kwargs)
+        if a.dtype == torch.float32:  # what float32 syevd did on one CNN Hessian
+            return torch.full_like(lam, float("nan")), torch.full_like(vecs, float("nan"))
+        return lam, vecs
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    spec = spectrum_from_matrix(h)
+    assert spec.eigenvalues.dtype == torch.float32
+    assert spec.eigenvalues.tolist() == [-1.0, 0.0, 2.0]
