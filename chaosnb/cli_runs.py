@@ -63,19 +63,22 @@ def load_config_file(path: str) -> list[dict]:
     raise ConfigError(f"{path}: expected a mapping, a list of mappings, or 'runs:'")
 
 
-def _configs(args: argparse.Namespace) -> list[RunConfig]:
-    dicts = load_config_file(args.config) if args.config else [{}]
-    overrides = _flag_values(args)
-    return [RunConfig.from_dict({**d, **overrides}) for d in dicts]
+def _configs(args: argparse.Namespace) -> list[RunConfig] | None:
+    """The configurations of the file and flags, or None after printing why they are invalid."""
+    try:
+        dicts = load_config_file(args.config) if args.config else [{}]
+        overrides = _flag_values(args)
+        return [RunConfig.from_dict({**d, **overrides}) for d in dicts]
+    except (ConfigError, TypeError) as err:
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+        return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from chaosnb.runs import get, run_dir
 
-    try:
-        configs = _configs(args)
-    except (ConfigError, TypeError) as err:
-        print(f"error: invalid configuration: {err}", file=sys.stderr)
+    configs = _configs(args)
+    if configs is None:
         return 2
     for config in configs:
         result = get(config, progress=not args.quiet, recompute=args.recompute)
@@ -87,10 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from chaosnb.runs import sweep
 
-    try:
-        configs = _configs(args)
-    except (ConfigError, TypeError) as err:
-        print(f"error: invalid configuration: {err}", file=sys.stderr)
+    configs = _configs(args)
+    if configs is None:
         return 2
     rows = sweep(configs, jobs=args.jobs, progress=not args.quiet)
     for run_hash, status, wall in rows:
