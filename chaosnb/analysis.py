@@ -116,16 +116,19 @@ def a6_bound_at_tangent_steps(result: RunResult) -> tuple[np.ndarray, np.ndarray
     return np.asarray(steps, dtype=np.int64), bound, np.asarray(fmax, dtype=np.float64)
 
 
-def chaotic_overlap_with_baseline(result: RunResult) -> dict:
-    """Figure C.2.1 for one tangent-map run: overlap of V_chaotic(s0) with V_chaotic(t), s0 the first snapshot
-    step, and the random baseline of equation (65) for this run (R = 1: max(d0, d_t) / N).
+def chaotic_overlap_with_baseline(result: RunResult, s0: int | None = None) -> dict:
+    """Figure C.2.1 for one tangent-map run: overlap of V_chaotic(s0) with V_chaotic(t), s0 a snapshot step
+    (default: the first), and the random baseline of equation (65) for this run (R = 1: max(d0, d_t) / N).
 
     Returns a dict with s0, d0 = dim V_chaotic(s0), n (number of parameters), steps (t > s0 where the overlap
     was recorded), overlap, dims (d_t) and baseline (arrays of the same length as steps).
     """
     from chaosnb.subspace import random_baseline
 
-    s0 = min(result.config.snapshot_steps)
+    snapshots = result.config.snapshot_steps
+    s0 = min(snapshots) if s0 is None else int(s0)
+    if s0 not in snapshots:
+        raise ValueError(f"step {s0} is not a snapshot step of this run (snapshot_steps = {snapshots})")
     dim_steps, dims = result.series("chaotic_dim")
     _, non_dims = result.series("non_chaotic_dim")
     lookup = {int(s): i for i, s in enumerate(dim_steps)}

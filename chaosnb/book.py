@@ -115,6 +115,14 @@ def execute_notebook(path: str, parameters: dict, cwd: str) -> NotebookResult:
     return NotebookResult(name, time.time() - start)
 
 
+def absolute_path_variables(names: tuple[str, ...] = ("CHAOSNB_DATA", "CHAOSNB_RESULTS")) -> None:
+    """Make relative data/results roots absolute: notebooks execute in the build tree, not the caller's cwd."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            os.environ[name] = str(Path(value).expanduser().resolve())
+
+
 def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
     """Compute every run of the experiment catalogue at this profile (parallel, cached)."""
     from chaosnb.experiments import all_configs, load_profile
@@ -158,6 +166,7 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
     if not only and verdicts.exists():
         shutil.rmtree(verdicts)
     os.environ.update({"CHAOSNB_VERDICTS": str(verdicts), "CHAOSNB_PROGRESS": "0"})
+    absolute_path_variables()
     total = time.time()
     if precompute_runs:
         precompute(profile, parameters.get("overrides"), jobs)

@@ -142,6 +142,13 @@ def tangent_schedule(profile: dict, model: str, steps: int) -> tuple[int, ...]:
     return tuple(sorted(steps_list | {first, steps}))
 
 
+def snapshot_schedule(schedule: tuple[int, ...], steps: int, first: int) -> tuple[int, ...]:
+    """Snapshot steps for Figure C.2.1: ``first`` and the last tangent step in the first half of training (a
+    stand-in for T_conv that still has later tangent steps to compare with); only those in ``schedule``."""
+    later = [s for s in schedule if first < s <= steps // 2]
+    return tuple(s for s in (first, *later[-1:]) if s in schedule and s < steps) or (steps,)
+
+
 def reference_runs(profile: dict) -> dict[str, RunConfig]:
     """The eight SGD runs with the tangent map (C.1.1, C.1.2, C.2.1 and stage 1 of C.3-C.5)."""
     out = {}
@@ -150,7 +157,7 @@ def reference_runs(profile: dict) -> dict[str, RunConfig]:
         schedule = tangent_schedule(profile, model, steps)
         first = min(int(profile["subspace"]["first"]), steps)
         out[name] = base_config(profile, dataset, model, momentum=momentum, steps=steps, tangent_steps=schedule,
-                                snapshot_steps=(first, steps) if first < steps else (steps,))
+                                snapshot_steps=snapshot_schedule(schedule, steps, first))
     return out
 
 

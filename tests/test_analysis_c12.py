@@ -89,3 +89,14 @@ def test_chaotic_overlap_with_baseline():
     assert out["baseline"][0] == pytest.approx(0.3)  # max(30, 20) / 100
     assert math.isnan(out["baseline"][1])  # empty subspace at t = 40
     assert out["overlap"][0] == 0.6
+
+
+def test_chaotic_overlap_from_a_later_snapshot():
+    cfg = RunConfig(steps=40, tangent_steps=(10, 20, 40), snapshot_steps=(10, 20))
+    res = _result({"chaotic_dim": ([10, 20, 40], [30, 20, 10]), "non_chaotic_dim": ([10, 20, 40], [70, 80, 90]),
+                   "overlap_from_10": ([20, 40], [0.6, 0.5]), "overlap_from_20": ([40], [0.9])}, cfg)
+    out = chaotic_overlap_with_baseline(res, 20)
+    assert (out["s0"], out["d0"], out["steps"].tolist(), out["overlap"].tolist()) == (20, 20, [40], [0.9])
+    assert out["baseline"][0] == pytest.approx(0.2)  # max(20, 10) / 100
+    with pytest.raises(ValueError, match="not a snapshot step"):
+        chaotic_overlap_with_baseline(res, 40)

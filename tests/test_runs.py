@@ -454,3 +454,16 @@ def test_perturbation_with_diverged_stage1(root):
     rows = {row["hash"]: row for row in list_runs(root)}
     assert rows[cfg.stage1().run_hash()]["status"] == "diverged"
     assert (rows[cfg.run_hash()]["status"], rows[cfg.run_hash()]["label"]) == ("partial", cfg.label())
+
+
+def test_book_driver_makes_relative_roots_absolute(monkeypatch, tmp_path):
+    """`CHAOSNB_DATA=../shared/data chaosnb book` must still find the data from the notebooks' build tree."""
+    from chaosnb.book import absolute_path_variables
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHAOSNB_DATA", "../data")
+    monkeypatch.setenv("CHAOSNB_RESULTS", "results")
+    monkeypatch.delenv("CHAOSNB_VERDICTS", raising=False)
+    absolute_path_variables()
+    assert os.environ["CHAOSNB_DATA"] == str((tmp_path / "../data").resolve())
+    assert os.environ["CHAOSNB_RESULTS"] == str(tmp_path / "results")
