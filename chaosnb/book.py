@@ -69,13 +69,17 @@ def source_file(root: Path, entry: str) -> Path:
     raise FileNotFoundError(f"_toc.yml names {entry!r} but neither {entry}.md nor {entry}.ipynb exists")
 
 
-def stage(root: Path, staging: Path) -> list[Path]:
-    """Copy the book into ``staging``; notebooks become unexecuted ``.ipynb``. Returns the notebooks."""
+def stage(root: Path, staging: Path, keep: set[str] | None = None) -> list[Path]:
+    """Copy the book into ``staging``; notebooks become unexecuted ``.ipynb``. Returns the notebooks.
+
+    Staged notebooks named in ``keep`` (stems) that already exist are left as they are, so a partial rebuild
+    (``--only``) keeps the executed outputs of the other pages."""
     import jupytext
 
-    if staging.exists():
+    keep = keep or set()
+    if staging.exists() and not keep:
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, staging / name)
     notebooks = []
@@ -83,7 +87,9 @@ def stage(root: Path, staging: Path) -> list[Path]:
         src = source_file(root, entry)
         dst = staging / src.relative_to(root)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if is_notebook(src):
+        if is_notebook(src) and src.stem in keep and dst.with_suffix(".ipynb").exists():
+            notebooks.append(dst.with_suffix(".ipynb"))
+        elif is_notebook(src):
             nb = jupytext.read(src)
             nb.metadata.pop("jupytext", None)
             target = dst.with_suffix(".ipynb")
@@ -92,7 +98,7 @@ def stage(root: Path, staging: Path) -> list[Path]:
         else:
             shutil.copy2(src, dst)
     for extra in ("book/_static", "book/references.bib"):
-        if (root / extra).exists():
+        if (root / extra).exists() and not (staging / extra).exists():
             copy = shutil.copytree if (root / extra).is_dir() else shutil.copy2
             copy(root / extra, staging / extra)
     return notebooks
@@ -132,7 +138,7 @@ def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
     print(f"precomputing {len(configs)} run(s) with {jobs} process(es)", flush=True)
     start = time.time()
     if configs:
-        for run_hash, status, _ in sweep(configs, jobs=jobs, progress=False):
+        for run_hash, status, _ in sweep(configs, jobs=jobs, progress=False, runs_bar=True):
             if status.startswith("error"):
                 print(f"  run {run_hash} failed: {status}", flush=True)
     print(f"  runs ready in {time.time() - start:.1f} s", flush=True)
@@ -153,7 +159,10 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
         raise ValueError(f"unknown profile {profile!r}; valid profiles are: {', '.join(profile_names())}")
     build_dir = Path(build_dir) if build_dir else root / "_build" / profile
     staging = build_dir / "src"
-    notebooks = stage(root, staging)
+    stems = [Path(entry).stem for entry in toc_entries(root)]
+    # a partial rebuild re-stages the pages asked for and the front page, and keeps the others' outputs
+    keep = set(stems) - set(only) - {stems[0]} if only else None
+    notebooks = stage(root, staging, keep)
     if only:
         unknown = set(only) - {p.stem for p in notebooks}
         if unknown:
@@ -175,6 +184,7 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
     front = staging / f"{toc_entries(root)[0]}.ipynb"
     todo = [p for p in notebooks if (not only or p.stem in only) and p != front]
     print(f"executing {len(todo)} notebook(s) at profile {profile!r} with {jobs} process(es)", flush=True)
+    started = time.time()
     failures = []
     with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
         futures = [pool.submit(execute_notebook, str(p), params, str(p.parent)) for p in todo]
@@ -188,7 +198,7 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
             failures.append(f"{res.name}: {res.error}")
     if failures:
         raise NotebookFailed("notebook(s) failed:\n  " + "\n  ".join(failures))
-    print(f"all notebooks executed in {time.time() - total:.1f} s", flush=True)
+    print(f"all notebooks executed in {time.time() - started:.1f} s", flush=True)
     if not html:
         return staging
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(staging), "--path-output", str(build_dir),
@@ -199,5 +209,5 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
         sys.stdout.write(proc.stdout[-6000:] + proc.stderr[-6000:])
         raise NotebookFailed(f"jupyter-book build failed (exit {proc.returncode})")
     out = build_dir / "_build" / "html"
-    print(f"book built in {time.time() - total:.1f} s: {out / 'index.html'}")
+    print(f"book built in {time.time() - total:.1f} s in total: {out / 'index.html'}")
     return out

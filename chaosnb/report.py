@@ -88,3 +88,20 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 def verdict_counts(verdicts: list[Verdict]) -> dict[str, int]:
     """How many figures have each status."""
     return {status: sum(v.status == status for v in verdicts) for status in STATUSES}
+
+
+class GluedText:
+    """Text glued into a page as itself: a plain ``str`` would be shown with its repr quotes ('0.616')."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """``myst_nb.glue`` for the book's pages, with strings glued without quotes (see :class:`GluedText`)."""
+    from myst_nb import glue as myst_glue
+
+    myst_glue(name, GluedText(value) if isinstance(value, str) else value, display=display)

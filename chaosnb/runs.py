@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -243,27 +243,42 @@ def _sweep_worker(payload: tuple[dict, str | None, bool | None]) -> tuple[str, s
 
 
 def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int | None = None,
-          progress: bool | None = None) -> list[tuple[str, str, float]]:
+          progress: bool | None = None, runs_bar: bool | None = None) -> list[tuple[str, str, float]]:
     """Run independent configurations in parallel processes (one torch thread each); returns
     (hash, status, wall time) per configuration, status ``"error: ..."`` for a run that raised (the others go
-    on). Stage-1 runs of perturbation runs are computed first."""
+    on). Stage-1 runs of perturbation runs are computed first. ``progress`` switches the per-step bars of the
+    runs, ``runs_bar`` one bar over the runs (default: like ``progress``)."""
+    from tqdm.auto import tqdm
+
     configs = list(dict.fromkeys(configs))
     stage1 = list(dict.fromkeys(c.stage1() for c in configs if c.is_perturbation))
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
+    batches = [b for b in ([c for c in stage1 if c not in configs], configs) if b]
+    bar = tqdm(total=sum(map(len, batches)), desc="runs", unit="run", file=sys.stdout,
+               disable=not _progress_enabled(progress if runs_bar is None else runs_bar))
     out: list[tuple[str, str, float]] = []
-    for batch in ([c for c in stage1 if c not in configs], configs):
-        if not batch:
-            continue
+    for batch in batches:
         payloads = [(c.to_dict(), str(root) if root else None, progress) for c in batch]
         if jobs == 1:  # in this process: leave its torch thread count as it was
             threads = torch.get_num_threads()
             try:
-                out += [_sweep_worker(p) for p in payloads]
+                for payload, config in zip(payloads, batch, strict=True):
+                    out.append(_sweep_worker(payload))
+                    bar.set_postfix_str(f"{config.label()} ({out[-1][1]})", refresh=False)
+                    bar.update()
             finally:
                 torch.set_num_threads(threads)
             continue
+        rows: list = [None] * len(batch)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            out += list(pool.map(_sweep_worker, payloads))
+            futures = {pool.submit(_sweep_worker, payload): i for i, payload in enumerate(payloads)}
+            for future in as_completed(futures):
+                i = futures[future]
+                rows[i] = future.result()
+                bar.set_postfix_str(f"{batch[i].label()} ({rows[i][1]}, {rows[i][2]:.0f} s)", refresh=False)
+                bar.update()
+        out += rows
+    bar.close()
     return out
 
 
