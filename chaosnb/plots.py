@@ -75,3 +75,26 @@ def panel_grid(n: int, ncols: int = 2, width: float = 9.0, height_per_row: float
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+# one colour per dataset/model of the reference runs (C.1, C.2); dashed = momentum 0.9
+RUN_COLORS = {("usps", "mlp"): "#1f77b4", ("usps", "cnn"): "#ff7f0e", ("fashion_mnist", "mlp"): "#2ca02c",
+              ("fashion_mnist", "cnn"): "#d62728"}
+
+
+def reference_run_style(name: str, **extra) -> dict:
+    """Line style of a reference run (``chaosnb.experiments.REFERENCE_RUNS`` name) plus ``extra`` kwargs."""
+    from chaosnb.experiments import REFERENCE_RUNS
+
+    dataset, model, momentum = REFERENCE_RUNS[name]
+    return {"color": RUN_COLORS[(dataset, model)], "linestyle": "--" if momentum else "-", **extra}
+
+
+def log_step_axis(ax) -> None:
+    """Log-scaled step axis with plain numbers (1, 2, 5, 10, 20, ...)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())

@@ -7,6 +7,7 @@ A notebook calls :func:`verdict` once per figure; it shows a box in the page and
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,6 +89,25 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 def verdict_counts(verdicts: list[Verdict]) -> dict[str, int]:
     """How many figures have each status."""
     return {status: sum(v.status == status for v in verdicts) for status in STATUSES}
+
+
+def sig3(x):
+    """A number rounded to 3 significant digits (for printed / glued values); None and non-finite unchanged."""
+    return float(f"{x:.3g}") if x is not None and math.isfinite(x) else x
+
+
+def markdown_table(header, rows) -> str:
+    """A small markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def show_table(header, rows) -> None:
+    """Display :func:`markdown_table` in a notebook."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown_table(header, rows)))
 
 
 class GluedText:

@@ -256,6 +256,11 @@ def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int |
     batches = [b for b in ([c for c in stage1 if c not in configs], configs) if b]
     bar = tqdm(total=sum(map(len, batches)), desc="runs", unit="run", file=sys.stdout,
                disable=not _progress_enabled(progress if runs_bar is None else runs_bar))
+
+    def finished(config: RunConfig, row: tuple[str, str, float]) -> None:
+        bar.set_postfix_str(f"{config.label()} ({row[1]}, {row[2]:.0f} s)", refresh=False)
+        bar.update()
+
     out: list[tuple[str, str, float]] = []
     for batch in batches:
         payloads = [(c.to_dict(), str(root) if root else None, progress) for c in batch]
@@ -264,8 +269,7 @@ def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int |
             try:
                 for payload, config in zip(payloads, batch, strict=True):
                     out.append(_sweep_worker(payload))
-                    bar.set_postfix_str(f"{config.label()} ({out[-1][1]})", refresh=False)
-                    bar.update()
+                    finished(config, out[-1])
             finally:
                 torch.set_num_threads(threads)
             continue
@@ -275,8 +279,7 @@ def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int |
             for future in as_completed(futures):
                 i = futures[future]
                 rows[i] = future.result()
-                bar.set_postfix_str(f"{batch[i].label()} ({rows[i][1]}, {rows[i][2]:.0f} s)", refresh=False)
-                bar.update()
+                finished(batch[i], rows[i])
         out += rows
     bar.close()
     return out

@@ -63,3 +63,12 @@ def test_glued_strings_have_no_quotes():
 
     assert PlainTextFormatter()(GluedText("0.616")) == "0.616"
     assert PlainTextFormatter()("0.616") == "'0.616'"  # why GluedText exists
+
+
+def test_report_helpers_for_pages():
+    import math
+
+    from chaosnb.report import markdown_table, sig3
+
+    assert sig3(0.123456) == 0.123 and sig3(None) is None and math.isnan(sig3(math.nan))
+    assert markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
