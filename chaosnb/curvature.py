@@ -149,23 +149,88 @@ def _tolerance(eigenvalues: torch.Tensor, rtol: float, atol: float | None) -> fl
     return rtol * scale
 
 
+HESSIAN_LIMIT = float(torch.finfo(torch.float32).max) ** 0.5
+"""max|H| above this (~1.8e19: its square overflows float32) means the run has blown up: not eigendecomposed."""
+
+
+class HessianDiverged(ArithmeticError):
+    """The Hessian cannot be eigendecomposed because the run has blown up: it is non-finite, astronomically large
+    (max|H| > HESSIAN_LIMIT), or every eigensolver of the fallback chain failed on it. The training loop records
+    the run as diverged at that step (the appendix's crashed runs) instead of raising."""
+
+
+def _torch_eigh(dtype: torch.dtype) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def solve(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.linalg.eigh(a.to(dtype))
+
+    return solve
+
+
+def _scipy_eigh(driver: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def solve(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import scipy.linalg
+
+        lam, vecs = scipy.linalg.eigh(a.detach().cpu().double().numpy(), driver=driver, check_finite=False)
+        return torch.from_numpy(lam), torch.from_numpy(vecs)
+
+    return solve
+
+
+EIGENSOLVERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "torch.eigh": lambda a: torch.linalg.eigh(a),  # the working precision (float32 for the paper's models)
+    "torch.eigh[float64]": _torch_eigh(torch.float64),  # torch's LAPACK (MKL on x86) in float64
+    "scipy.evr": _scipy_eigh("evr"),  # another LAPACK build (scipy's OpenBLAS), MRRR
+    "scipy.evd": _scipy_eigh("evd"),  # divide and conquer
+    "scipy.ev": _scipy_eigh("ev"),  # implicit QL/QR: the slowest and most robust
+}
+"""The fallback chain of :func:`symmetric_eigh`, tried in order (tests replace entries to force failures)."""
+
+
+def _power_of_two_scale(a: torch.Tensor) -> int:
+    """e with max|a| * 2**-e in [0.5, 1) (0 for a zero matrix): rescaling by it is exact."""
+    m = a.abs().max() if a.numel() else torch.zeros(())
+    return int(torch.frexp(m.double())[1]) if float(m) > 0.0 else 0
+
+
+def symmetric_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Eigendecomposition of a symmetric matrix that never raises for a solver's failure.
+
+    The matrix is first rescaled by the power of two nearest max|a| (exact in floating point, keeps LAPACK off
+    its overflow/underflow paths), then the solvers of :data:`EIGENSOLVERS` are tried in order until one returns
+    finite eigenpairs: ``torch.linalg.eigh`` in the working precision, then in float64, then scipy's LAPACK
+    drivers ``evr``, ``evd``, ``ev``. Either raising or silently returning NaN counts as a failure (float32
+    ``eigh`` does both on CNN Hessians with thousands of near-zero eigenvalues, depending on the CPU's LAPACK
+    and the thread count). Returns (eigenvalues ascending, eigenvectors, the solver's name) in ``a.dtype``.
+    Raises :class:`HessianDiverged` when ``a`` is non-finite, max|a| > :data:`HESSIAN_LIMIT`, or every solver fails.
+    """
+    if not bool(torch.isfinite(a).all()):
+        raise HessianDiverged("the Hessian has non-finite entries")
+    e = _power_of_two_scale(a)
+    if e and 2.0 ** e > HESSIAN_LIMIT:
+        raise HessianDiverged(f"the Hessian is astronomically large (max|H| >= 2**{e - 1})")
+    scaled = torch.ldexp(a, torch.tensor(-e, dtype=torch.int32)) if e else a
+    failures = []
+    for name, solve in EIGENSOLVERS.items():
+        if name == "torch.eigh[float64]" and a.dtype == torch.float64:
+            continue  # the first attempt already was float64
+        try:
+            lam, vecs = solve(scaled)
+        except (RuntimeError, ValueError, ArithmeticError, MemoryError) as err:  # LinAlgError is a RuntimeError
+            failures.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
+        if bool(torch.isfinite(lam).all()) and bool(torch.isfinite(vecs).all()):
+            lam = torch.ldexp(lam.to(a.dtype), torch.tensor(e, dtype=torch.int32)) if e else lam.to(a.dtype)
+            return lam, vecs.to(a.dtype), name
+        failures.append(f"{name}: returned non-finite eigenpairs")
+    raise HessianDiverged("every eigensolver failed: " + "; ".join(failures))
+
+
 def spectrum_from_matrix(h: torch.Tensor, rtol: float = DEFAULT_RTOL, atol: float | None = None,
                          method: str = "dense") -> Spectrum:
-    """Eigendecompose a symmetric matrix with ``torch.linalg.eigh`` (the dense reference).
-
-    float32 ``eigh`` can fail to converge on Hessians with thousands of (numerically) repeated zero
-    eigenvalues (seen for the CNN), or return NaN eigenpairs without raising (also seen for the CNN); in
-    both cases it is repeated in float64 and cast back.
-    """
-    sym = 0.5 * (h + h.T)
-    try:
-        lam, vecs = torch.linalg.eigh(sym)
-        failed = not (bool(torch.isfinite(lam).all()) and bool(torch.isfinite(vecs).all()))
-    except torch.linalg.LinAlgError:
-        failed = True
-    if failed and bool(torch.isfinite(sym).all()):
-        lam, vecs = (t.to(h.dtype) for t in torch.linalg.eigh(sym.double()))
-    return Spectrum(lam, vecs, h.shape[0], _tolerance(lam, rtol, atol), method)
+    """Eigendecompose a symmetric matrix (the dense reference) through the fallback chain of
+    :func:`symmetric_eigh`; ``info["solver"]`` names the solver that succeeded."""
+    lam, vecs, solver = symmetric_eigh(0.5 * (h + h.T))
+    return Spectrum(lam, vecs, h.shape[0], _tolerance(lam, rtol, atol), method, {"solver": solver})
 
 
 def _orthonormal_complement_block(y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -205,15 +270,23 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
         omega = torch.randn(n, block, generator=gen, dtype=torch.float64).to(dtype)
         y = apply_h(omega)
         probes += block
+        if not bool(torch.isfinite(y).all()):
+            raise HessianDiverged("Hessian-vector products are non-finite")
         h_norm = max(h_norm, float(torch.linalg.matrix_norm(y, ord=2)) / math.sqrt(n))
+        if h_norm > HESSIAN_LIMIT:
+            raise HessianDiverged(f"the Hessian is astronomically large (||H|| ~ {h_norm:.3g})")
         y = _orthonormal_complement_block(y, q)
         col_norms = y.norm(dim=0) / omega.norm(dim=0)
         if h_norm == 0.0 or float(col_norms.max()) <= range_rtol * h_norm:
             break
-        uy, sy, _ = torch.linalg.svd(y, full_matrices=False)
-        keep = sy > range_rtol * h_norm * math.sqrt(n)
-        q = torch.cat([q, _orthonormal_complement_block(uy[:, keep], q)], dim=1)
-        if q.shape[1] > max_rank:
+        try:
+            uy, sy, _ = torch.linalg.svd(y, full_matrices=False)
+        except RuntimeError:  # the SVD did not converge: the dense path has a fallback chain
+            uy = None
+        if uy is not None:
+            keep = sy > range_rtol * h_norm * math.sqrt(n)
+            q = torch.cat([q, _orthonormal_complement_block(uy[:, keep], q)], dim=1)
+        if uy is None or q.shape[1] > max_rank:
             spec = spectrum_from_matrix(dense_hessian(loss, theta), rtol, atol, method="dense")
             spec.info.update(fallback=True, probes=probes)
             return spec
@@ -222,10 +295,10 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
         return Spectrum(lam, q, n, 0.0 if atol is None else atol, "lowrank", {"probes": probes})
     hq = apply_h(q)
     t = q.T @ hq
-    lam, w = torch.linalg.eigh(0.5 * (t + t.T))
+    lam, w, solver = symmetric_eigh(0.5 * (t + t.T))
     vecs = q @ w
     return Spectrum(lam, vecs, n, _tolerance(lam, rtol, atol), "lowrank",
-                    {"probes": probes + q.shape[1], "range_dim": q.shape[1], "fallback": False})
+                    {"probes": probes + q.shape[1], "range_dim": q.shape[1], "fallback": False, "solver": solver})
 
 
 def hessian_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,

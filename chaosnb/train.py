@@ -19,7 +19,7 @@ from torch.func import grad_and_value
 
 from chaosnb.cgd import CGD
 from chaosnb.config import RunConfig
-from chaosnb.curvature import Spectrum, minibatch_spectrum
+from chaosnb.curvature import HessianDiverged, Spectrum, minibatch_spectrum
 from chaosnb.data import load_dataset, sampler_for
 from chaosnb.lyapunov import TangentMap, max_local_exponent
 from chaosnb.models import make_flat_model
@@ -119,6 +119,7 @@ class Training:
         self.step = 0
         self.status = "running"
         self.diverged_at: int | None = None
+        self.diverged_reason: str | None = None
         self.wall_time = 0.0
         self.snapshots: dict[int, torch.Tensor] = {}
         self.arrays: dict[str, np.ndarray] = {}
@@ -187,9 +188,13 @@ class Training:
             losses.append(loss_value)
             accs.append(float((logits.argmax(-1) == y).float().mean()))
             if not math.isfinite(loss_value) or not bool(torch.isfinite(g).all()):
-                self._diverge(t, losses, accs)
+                self._diverge(t, losses, accs, f"step {t}: non-finite loss or gradient")
                 return
-            spec = self._spectrum(theta, x, y) if index == 0 and c.needs_spectrum(t) else None
+            try:
+                spec = self._spectrum(theta, x, y) if index == 0 and c.needs_spectrum(t) else None
+            except HessianDiverged as err:  # blown up: non-finite, astronomically large, or no solver converged
+                self._diverge(t, losses, accs, f"step {t}: {err}")
+                return
             if spec is not None and c.spectrum_every and t % c.spectrum_every == 0:
                 for name, value in {**spectrum_metrics(spec, c.lr), **gradient_overlaps(g, spec)}.items():
                     self.recorder.add(name, t, value)
@@ -203,10 +208,14 @@ class Training:
             if self.tangent is not None and index == 0:
                 plan = getattr(opt, "last_plan", None)
                 effective = plan.effective_hessian() if plan is not None else spec
-                self.tangent.step(effective)
+                try:
+                    self.tangent.step(effective)
+                except FloatingPointError as err:
+                    self._diverge(t, losses, accs, f"step {t}: {err}")
+                    return
                 self.recorder.add("lle_max_step", t, max_local_exponent(effective, c.lr))
             if not bool(torch.isfinite(param.detach()).all()):
-                self._diverge(t, losses, accs)
+                self._diverge(t, losses, accs, f"step {t}: non-finite parameters after the update")
                 return
         if len(losses) == 1:
             self.recorder.add("train_loss", t, losses[0])
@@ -226,9 +235,10 @@ class Training:
         if self.step >= c.steps:
             self._finish()
 
-    def _diverge(self, t: int, losses, accs) -> None:
-        """A non-finite loss, gradient or parameter ends the run cleanly (the appendix's crashed runs)."""
-        self.status, self.diverged_at = "diverged", t
+    def _diverge(self, t: int, losses, accs, reason: str) -> None:
+        """A non-finite loss, gradient, parameter or tangent map, or a Hessian that cannot be eigendecomposed,
+        ends the run cleanly at step t (the appendix's crashed runs); ``reason`` is kept in the result."""
+        self.status, self.diverged_at, self.diverged_reason = "diverged", t, reason
         pad = [math.nan] * (len(self.params) - len(losses))
         if len(self.params) == 1:
             self.recorder.add("train_loss", t, losses[0])
@@ -299,5 +309,8 @@ class Training:
     def result(self) -> RunResult:
         arrays = dict(self.arrays)
         arrays["final_theta"] = np.stack([p.detach().double().numpy() for p in self.params])
+        meta = {"models": self.model_names}
+        if self.diverged_reason:
+            meta["diverged_reason"] = self.diverged_reason
         return RunResult(self.config, self.recorder.arrays(), arrays, self.status, self.step, self.diverged_at,
-                         self.wall_time, {"models": self.model_names})
+                         self.wall_time, meta)

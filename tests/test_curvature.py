@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.func import grad, jacrev
 
+from chaosnb import curvature
 from chaosnb.curvature import (
     dense_hessian,
     hessian_spectrum,
@@ -123,3 +124,78 @@ def test_eigh_falls_back_to_float64_when_float32_silently_returns_nan(monkeypatc
     spec = spectrum_from_matrix(h)
     assert spec.eigenvalues.dtype == torch.float32
     assert spec.eigenvalues.tolist() == [-1.0, 0.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------- fallback chain
+def _failing(mode: str):
+    def solve(a):
+        if mode == "raise":
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge (forced)")
+        n = a.shape[0]
+        nan = torch.full((n,), float("nan"), dtype=a.dtype)
+        return nan, torch.full((n, n), float("nan"), dtype=a.dtype)
+
+    return solve
+
+
+def _random_symmetric(n: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (a + a.T).to(dtype)
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+@pytest.mark.parametrize("failing", range(1, len(curvature.EIGENSOLVERS)))
+def test_each_solver_failure_falls_through_to_the_next(monkeypatch, mode, failing):
+    """The first ``failing`` solvers of the chain raise (or silently return NaN): the next one answers, exactly."""
+    h = _random_symmetric(12)
+    reference = torch.linalg.eigvalsh(h.double())
+    names = list(curvature.EIGENSOLVERS)
+    for name in names[:failing]:
+        monkeypatch.setitem(curvature.EIGENSOLVERS, name, _failing(mode))
+    spec = spectrum_from_matrix(h)
+    assert spec.info["solver"] == names[failing]
+    assert spec.eigenvalues.dtype == torch.float32 and spec.eigenvectors.dtype == torch.float32
+    assert torch.allclose(spec.eigenvalues.double(), reference, rtol=0, atol=1e-5)
+    assert torch.allclose(spec.to_dense().double(), h.double(), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_every_solver_failing_raises_hessian_diverged(monkeypatch, mode):
+    for name in list(curvature.EIGENSOLVERS):
+        monkeypatch.setitem(curvature.EIGENSOLVERS, name, _failing(mode))
+    with pytest.raises(curvature.HessianDiverged, match="every eigensolver failed") as info:
+        spectrum_from_matrix(_random_symmetric(5))
+    assert all(name in str(info.value) for name in curvature.EIGENSOLVERS)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_hessian_is_divergence(value):
+    h = _random_symmetric(4)
+    h[1, 2] = h[2, 1] = value
+    with pytest.raises(curvature.HessianDiverged, match="non-finite"):
+        spectrum_from_matrix(h)
+
+
+def test_astronomically_large_hessian_is_divergence():
+    with pytest.raises(curvature.HessianDiverged, match="astronomically large"):
+        spectrum_from_matrix(_random_symmetric(4, dtype=torch.float64) * 1e25)
+    ok = spectrum_from_matrix(_random_symmetric(4, dtype=torch.float64) * 1e15)  # large, but below the limit
+    assert torch.isfinite(ok.eigenvalues).all()
+
+
+@pytest.mark.parametrize("scale", [2.0**-1000, 1e-30, 1.0, 3e10])
+def test_power_of_two_rescaling_is_exact_at_any_scale(scale):
+    h = _random_symmetric(8, dtype=torch.float64) * scale
+    spec = spectrum_from_matrix(h, atol=0.0)
+    reference = torch.linalg.eigvalsh(_random_symmetric(8, dtype=torch.float64)) * scale
+    assert torch.allclose(spec.eigenvalues, reference, rtol=1e-12, atol=0.0)
+
+
+def test_lowrank_small_eigh_uses_the_chain(monkeypatch):
+    flat, theta, x, y = tiny_case("mlp-relu")
+    reference = minibatch_spectrum(flat, theta, x, y, method="lowrank")
+    for name in ("torch.eigh", "torch.eigh[float64]"):
+        monkeypatch.setitem(curvature.EIGENSOLVERS, name, _failing("raise"))
+    spec = minibatch_spectrum(flat, theta, x, y, method="lowrank")
+    assert spec.info["solver"] == "scipy.evr"
+    assert torch.allclose(spec.eigenvalues, reference.eigenvalues, rtol=0, atol=1e-12)

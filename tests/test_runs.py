@@ -322,6 +322,31 @@ def test_divergence_ends_cleanly_and_is_cached(root, monkeypatch, name):
     assert [(row["status"], row["steps_done"]) for row in list_runs(root)] == [("diverged", t)]
 
 
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+@pytest.mark.parametrize("method", ["dense", "lowrank"])
+def test_forced_eigensolver_failures_never_crash_a_run(root, monkeypatch, mode, method):
+    """The chain of curvature.EIGENSOLVERS: with torch's solvers failing (raise, or NaN without raising, in both
+    precisions) the run completes through scipy's LAPACK; with every solver failing it ends as diverged."""
+    from chaosnb import curvature
+    from tests.test_curvature import _failing
+
+    cfg = RunConfig(model="cnn", optimizer="cgd", prune_set="neg", lr=0.03, steps=4, spectrum_method=method,
+                    spectrum_every=1)
+    normal = get(cfg, root / "normal")
+    for name in ("torch.eigh", "torch.eigh[float64]"):
+        monkeypatch.setitem(curvature.EIGENSOLVERS, name, _failing(mode))
+    through_scipy = get(cfg, root / "scipy")
+    assert through_scipy.status == "done" and through_scipy.steps_done == cfg.steps
+    for key in ("train_loss", "n_pos", "n_neg", "eig_max"):
+        assert np.allclose(through_scipy.metrics[key], normal.metrics[key], rtol=1e-4, atol=1e-6), key
+    for name in list(curvature.EIGENSOLVERS):
+        monkeypatch.setitem(curvature.EIGENSOLVERS, name, _failing(mode))
+    failed = get(cfg, root / "none")  # must not raise
+    assert failed.status == "diverged" and failed.diverged_at == 0 and failed.steps_done == 0
+    assert "every eigensolver failed" in failed.meta["diverged_reason"]
+    assert json.loads((run_dir(cfg, root / "none") / "DONE").read_text())["meta"]["diverged_reason"]
+
+
 # ---------------------------------------------------------------------------------------------- sweeps
 def test_parallel_sweep_matches_serial(tmp_path, monkeypatch):
     monkeypatch.setenv("CHAOSNB_PROGRESS", "0")
