@@ -20,7 +20,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     print(f"chaosnb {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
-    print(f"data root: {data_root()}  (from ${DATA_ENV})")
+    print(f"data root: {data_root()}  ({_origin(DATA_ENV)})")
     for name, found in available_datasets().items():
         if isinstance(found, str):
             print(f"  {name}: NOT FOUND - {found}")
@@ -29,8 +29,14 @@ def cmd_info(args: argparse.Namespace) -> int:
                   f"mean {found.mean:.4f}, std {found.std:.4f}")
     for model in ("mlp", "cnn"):
         print(f"model {model}: {num_parameters(build_model(model))} parameters")
-    print(f"results store: {results_root()}  (from ${RESULTS_ENV})")
+    print(f"results store: {results_root()}  ({_origin(RESULTS_ENV)})")
     return 0
+
+
+def _origin(variable: str) -> str:
+    import os
+
+    return f"from ${variable}" if os.environ.get(variable) else f"the default; set ${variable} to change it"
 
 
 def _parse_value(text: str):
@@ -73,8 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. Bad input (data, results store, configuration) ends in one line on stderr and exit code
+    1 (2 for an invalid configuration), never in a traceback."""
+    from chaosnb.config import ConfigError
+    from chaosnb.data import DatasetError
+    from chaosnb.runs import ResultsStoreError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    except (DatasetError, ResultsStoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

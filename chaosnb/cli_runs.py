@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _flag_values(args: argparse.Namespace) -> dict:
+    """RunConfig fields given as flags; list flags are comma-separated, ``--prune-k`` takes an int or ``none``."""
     out = {}
     for f in dataclasses.fields(RunConfig):
         value = getattr(args, f.name, None)
@@ -42,36 +44,96 @@ def _flag_values(args: argparse.Namespace) -> dict:
             continue
         kind = _field_type(f)
         if kind == "list":
-            items = [v for v in str(value).split(",") if v]
-            value = [int(v) if v.lstrip("-").isdigit() else v for v in items]
+            items = [v.strip() for v in str(value).split(",") if v.strip()]
+            value = [int(v) if v.lstrip("-").isdigit() else _number_or_text(v) for v in items]
         elif kind == "optional_int":
-            value = None if str(value).lower() == "none" else int(value)
+            text = str(value).strip().lower()
+            if text != "none" and not text.lstrip("-").isdigit():
+                raise ConfigError(f"{f.name}: must be an integer or 'none', got {value!r} (flag --"
+                                  f"{f.name.replace('_', '-')})")
+            value = None if text == "none" else int(text)
         out[f.name] = value
     return out
 
 
-def load_config_file(path: str) -> list[dict]:
-    """A YAML/JSON file holding one configuration (a mapping) or several (a list, or ``runs:``)."""
-    data = yaml.safe_load(Path(path).read_text())
+def _number_or_text(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 rules read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_config_file(path: str) -> list:
+    """A YAML/JSON file holding one configuration (a mapping) or several (a list, or ``runs:`` + ``defaults:``).
+
+    Returns the raw entries (validated by :func:`_configs`); raises ConfigError naming the file when it is missing,
+    unreadable, not YAML, or of another shape."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"configuration file {path} cannot be read: {err}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"configuration file {path} is not valid YAML{at}: {problem}") from None
     if isinstance(data, dict) and "runs" in data:
-        base = data.get("defaults", {})
-        return [{**base, **item} for item in data["runs"]]
+        base = data.get("defaults") or {}
+        if not isinstance(base, dict) or not isinstance(data["runs"], list):
+            raise ConfigError(f"{path}: 'defaults' must be a mapping and 'runs' a list of mappings")
+        return [{**base, **item} if isinstance(item, dict) else item for item in data["runs"]]
     if isinstance(data, dict):
         return [data]
-    if isinstance(data, list):
+    if isinstance(data, list) and data:
         return data
-    raise ConfigError(f"{path}: expected a mapping, a list of mappings, or 'runs:'")
+    raise ConfigError(f"{path}: expected a mapping, a non-empty list of mappings, or 'runs:' (got "
+                      f"{type(data).__name__})")
 
 
 def _configs(args: argparse.Namespace) -> list[RunConfig] | None:
-    """The configurations of the file and flags, or None after printing why they are invalid."""
+    """The configurations of the file and flags, all validated before any run starts; or None after printing
+    every invalid entry (by its index in the file) on stderr."""
+    source = getattr(args, "config", None)
     try:
-        dicts = load_config_file(args.config) if args.config else [{}]
+        entries = load_config_file(source) if source else [{}]
         overrides = _flag_values(args)
-        return [RunConfig.from_dict({**d, **overrides}) for d in dicts]
-    except (ConfigError, TypeError) as err:
-        print(f"error: invalid configuration: {err}", file=sys.stderr)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return None
+    configs, errors = [], []
+    for index, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise ConfigError(f"expected a mapping of field: value, got {type(entry).__name__} {entry!r}")
+            configs.append(RunConfig.from_dict({**entry, **overrides}))
+        except (ConfigError, TypeError) as err:
+            errors.append(f"entry {index}: {err}" if source else str(err))
+    if errors:
+        where = f" in {source}" if source else ""
+        print(f"error: invalid configuration{where} ({len(errors)} of {len(entries)} entries):", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+    return configs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -88,14 +150,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from chaosnb.runs import sweep
+    from chaosnb.data import load_dataset
+    from chaosnb.runs import ensure_writable, results_root, sweep
 
+    if args.jobs is not None and args.jobs < 1:
+        print(f"error: --jobs must be a positive number of processes, got {args.jobs}", file=sys.stderr)
+        return 2
     configs = _configs(args)
     if configs is None:
         return 2
+    for dataset in sorted({c.dataset for c in configs}):
+        load_dataset(dataset)  # a missing or damaged dataset: one line, before any run starts
+    ensure_writable(results_root())
     rows = sweep(configs, jobs=args.jobs, progress=not args.quiet)
+    labels = {c.run_hash(): c.label() for c in configs}
     for run_hash, status, wall in rows:
-        print(f"{run_hash}  {status:<8} {wall:8.1f} s")
+        print(f"{run_hash}  {status.split(':')[0]:<8} {wall:8.1f} s  {labels.get(run_hash, '(stage 1)')}")
+    failed = [(h, status) for h, status, _ in rows if status.startswith("error")]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} run(s) failed:", file=sys.stderr)
+        print(f"{'hash':<16}  error", file=sys.stderr)
+        for run_hash, status in failed:
+            print(f"{run_hash:<16}  {status.removeprefix('error: ')}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -107,11 +184,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"results store: {results_root()}  ({len(rows)} runs)")
-    print(f"{'hash':<16}  {'status':<8} {'steps':>15} {'wall s':>8}  config")
+    print(f"{'hash':<16}  {'status':<10} {'steps':>15} {'wall s':>8}  config")
     for r in rows:
         steps = f"{r['steps_done']}/{r['steps'] if r['steps'] is not None else '?'}"
         wall = f"{r['wall_time']:.1f}" if r["wall_time"] is not None else "-"
-        print(f"{r['hash']:<16}  {r['status']:<8} {steps:>15} {wall:>8}  {r['label']}")
+        print(f"{r['hash']:<16}  {r['status']:<10} {steps:>15} {wall:>8}  {r['label']}")
     return 0
 
 

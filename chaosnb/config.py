@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from chaosnb.cgd import PRUNE_SETS, SELECTIONS
 from chaosnb.curvature import METHODS
-from chaosnb.data import DATASETS, canonical_dataset_name
+from chaosnb.data import DATASETS, SPLIT_SIZES, canonical_dataset_name
 from chaosnb.models import ACTIVATIONS, MODELS
 from chaosnb.perturb import STRATEGIES
 
@@ -83,11 +85,18 @@ class RunConfig:
                               ("spectrum_method", METHODS), ("dtype", DTYPES)):
             _check_choice(name, getattr(self, name), options)
         for name in ("tangent_steps", "snapshot_steps", "perturb_strategies"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "tangent_steps", tuple(sorted(set(int(s) for s in self.tangent_steps))))
-        object.__setattr__(self, "snapshot_steps", tuple(sorted(set(int(s) for s in self.snapshot_steps))))
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                raise ConfigError(f"{name}: must be a list, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("tangent_steps", "snapshot_steps"):
+            object.__setattr__(self, name, tuple(sorted({_integer(name, v) for v in getattr(self, name)})))
         _positive("lr", self.lr)
         _positive_int("batch_size", self.batch_size)
+        n_train = SPLIT_SIZES[self.dataset]["train"]
+        if self.batch_size > n_train:
+            raise ConfigError(f"batch_size: {self.batch_size} is larger than the {self.dataset} training set "
+                              f"({n_train} samples)")
         _positive_int("steps", self.steps)
         _positive_int("distance_every", self.distance_every)
         _non_negative_int("seed", self.seed)
@@ -101,6 +110,8 @@ class RunConfig:
             raise ConfigError(f"prune_noise_std: must be >= 0, got {self.prune_noise_std!r}")
         if self.spectrum_rtol <= 0:
             raise ConfigError(f"spectrum_rtol: must be > 0, got {self.spectrum_rtol!r}")
+        if self.lyapunov_tol < 0:
+            raise ConfigError(f"lyapunov_tol: must be >= 0, got {self.lyapunov_tol!r}")
         bad = [s for s in self.tangent_steps if not 0 < s <= self.steps]
         if bad:
             raise ConfigError(f"tangent_steps: every step must be in 1..steps={self.steps}, got {bad}")
@@ -154,6 +165,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a configuration must be a mapping of field: value, got {type(data).__name__} "
+                              f"{data!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -169,7 +183,7 @@ class RunConfig:
         """Short human-readable description."""
         opt = self.optimizer if self.optimizer == "sgd" else f"cgd[{self.prune_set}]"
         parts = [self.dataset, f"{self.model}-{self.activation}" if self.model == "mlp" else self.model, opt,
-                 f"lr={self.lr:g}", f"bs={self.batch_size}", f"steps={self.steps}"]
+                 f"lr={self.lr:g}", f"bs={self.batch_size}", f"steps={self.steps}", f"seed={self.seed}"]
         if self.momentum:
             parts.append(f"mom={self.momentum:g}")
         if self.optimizer == "cgd" and self.prune_start:
@@ -195,7 +209,16 @@ def _check_choice(name: str, value, options) -> str:
 def _as_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name}: must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
     return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _integer(name: str, value) -> int:
+    """An integer entry of a list field: ints, or floats that are whole numbers (3.0); never 2.7 or "a"."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer():
+        raise ConfigError(f"{name}: every entry must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _positive(name: str, value) -> None:

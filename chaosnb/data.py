@@ -8,7 +8,10 @@ the whole training split. The test split is the validation set.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +24,30 @@ _ALIASES = {"usps": "usps", "fashion_mnist": "fashion_mnist", "fashionmnist": "f
             "fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist"}
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
+SPLIT_FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "usps": {"train": ("usps.bz2",), "test": ("usps.t.bz2",)},
+    "fashion_mnist": {
+        "train": ("FashionMNIST/raw/train-images-idx3-ubyte", "FashionMNIST/raw/train-labels-idx1-ubyte"),
+        "test": ("FashionMNIST/raw/t10k-images-idx3-ubyte", "FashionMNIST/raw/t10k-labels-idx1-ubyte"),
+    },
+}
+"""The files torchvision reads for each split, relative to the data root (what the fingerprint hashes)."""
+SPLIT_SIZES = {"usps": {"train": 7291, "test": 2007}, "fashion_mnist": {"train": 60000, "test": 10000}}
+"""The official number of samples per split; a file holding another number is refused."""
+_IDX_HEADER = {"images": 16, "labels": 8}  # bytes before the data in an idx file
+_IDX_ITEM = {"images": 28 * 28, "labels": 1}
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetError(RuntimeError):
+    """A dataset cannot be used; the message names the dataset, the file and what to do."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset files are missing and could not be downloaded."""
+
+
+class DatasetDamagedError(DatasetError):
+    """A dataset file is present but unreadable, truncated or of the wrong size."""
 
 
 def canonical_dataset_name(name: str) -> str:
@@ -59,6 +82,7 @@ class Dataset:
     mean: float
     std: float
     root: str
+    fingerprint: str = ""
 
     @property
     def n_train(self) -> int:
@@ -98,17 +122,94 @@ def _missing_message(name: str, root: Path, reason: str) -> str:
     )
 
 
+def _damaged(name: str, path: Path, what: str) -> DatasetDamagedError:
+    return DatasetDamagedError(
+        f"dataset {name!r}: file {path} {what}. The file is damaged or truncated: replace it with an intact copy "
+        f"(or delete it so that torchvision downloads it again where there is internet).")
+
+
+def _check_idx_sizes(name: str, root: Path, split: str) -> None:
+    """Fashion-MNIST's idx files have a known size: name the file that is short (or long) before reading it."""
+    if name != "fashion_mnist":
+        return
+    n = SPLIT_SIZES[name][split]
+    for rel in SPLIT_FILES[name][split]:
+        kind = "images" if "images" in rel else "labels"
+        expected = _IDX_HEADER[kind] + n * _IDX_ITEM[kind]
+        size = (root / rel).stat().st_size
+        if size != expected:
+            raise _damaged(name, root / rel, f"has {size:,} bytes where the {split} split's {n:,} {kind} take "
+                                             f"{expected:,}")
+
+
+def _read_split(name: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a split whose files are all present; any failure names the file and what is wrong with it."""
+    _check_idx_sizes(name, root, split)
+    files = [root / rel for rel in SPLIT_FILES[name][split]]
+    try:
+        images, labels = _raw_split(name, root, split == "train", download=False)
+    except Exception as err:  # noqa: BLE001 - EOFError, OSError, ValueError, RuntimeError from the readers
+        where = files[0] if len(files) == 1 else " or ".join(map(str, files))
+        raise _damaged(name, Path(where), f"could not be read ({type(err).__name__}: {err})") from None
+    n, expected = int(images.shape[0]), SPLIT_SIZES[name][split]
+    if n != expected or int(labels.shape[0]) != n:
+        raise _damaged(name, files[0], f"holds {n:,} {split} samples where the official split has {expected:,}")
+    return images, labels
+
+
 def _load_split(name: str, root: Path, train: bool, download: bool | None):
+    """A split from ``root``; downloads missing files when ``download`` allows (never creating ``root`` for
+    nothing: what a failed download created is removed)."""
+    split = "train" if train else "test"
+    missing = [rel for rel in SPLIT_FILES[name][split] if not (root / rel).is_file()]
+    if not missing:
+        return _read_split(name, root, split)
+    reason = f"missing {', '.join(missing)}"
+    if download is False:
+        raise DatasetNotFoundError(_missing_message(name, root, f"{reason}; download disabled")) from None
+    existed = set(root.iterdir()) if root.is_dir() else None
     try:
-        return _raw_split(name, root, train, download=False)
-    except (RuntimeError, FileNotFoundError, OSError) as err:
-        if download is False:
-            raise DatasetNotFoundError(_missing_message(name, root, f"download disabled; {err}")) from err
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        return _raw_split(name, root, train, download=True)
+        _raw_split(name, root, train, download=True)
     except Exception as err:  # noqa: BLE001 - any download failure becomes one clear message
-        raise DatasetNotFoundError(_missing_message(name, root, f"download failed: {err}")) from err
+        if existed is None:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for created in set(root.iterdir()) - existed:
+                shutil.rmtree(created, ignore_errors=True) if created.is_dir() else created.unlink()
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetNotFoundError(_missing_message(name, root, f"{reason}; download failed: {message}")) from None
+    return _read_split(name, root, split)
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime): each data file is hashed once per process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def dataset_fingerprint(name: str, root: str | os.PathLike | None = None) -> str:
+    """16 hex digits identifying a dataset's content: sha256 over the relative path, size and sha256 of every file
+    torchvision reads for it (independent of where the root lies). Raises DatasetNotFoundError if one is missing."""
+    canonical = canonical_dataset_name(name)
+    path = Path(root).expanduser().resolve() if root is not None else data_root()
+    files = {}
+    for split in ("train", "test"):
+        for rel in SPLIT_FILES[canonical][split]:
+            if not (path / rel).is_file():
+                raise DatasetNotFoundError(_missing_message(canonical, path, f"missing {rel}")) from None
+            files[rel] = [(path / rel).stat().st_size, _file_sha256(path / rel)]
+    payload = json.dumps({"dataset": canonical, "files": files}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def resize_images(images: torch.Tensor, size: int = IMAGE_SIZE, chunk: int = 10000) -> torch.Tensor:
@@ -133,7 +234,7 @@ def _load_cached(name: str, root: str, download: bool | None) -> Dataset:
     test_x = (test_x - mean) / std
     for t in (train_x, train_y, test_x, test_y):
         t.requires_grad_(False)
-    return Dataset(name, train_x, train_y, test_x, test_y, mean, std, str(path))
+    return Dataset(name, train_x, train_y, test_x, test_y, mean, std, str(path), dataset_fingerprint(name, path))
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool | None = None) -> Dataset:
@@ -154,7 +255,7 @@ def available_datasets(root: str | os.PathLike | None = None) -> dict[str, Datas
     for name in DATASETS:
         try:
             found[name] = load_dataset(name, root, download=False)
-        except DatasetNotFoundError as err:
+        except DatasetError as err:
             found[name] = str(err)
     return found
 

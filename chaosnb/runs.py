@@ -2,15 +2,19 @@
 
 Layout of one run, named by the configuration's hash::
 
-    $CHAOSNB_RESULTS/<hash>/config.json     canonical config + package version + seed (written first)
-                           /checkpoint.pt   latest resumable state (while running; removed when done)
+    $CHAOSNB_RESULTS/<hash>/config.json     canonical config, seed, data fingerprint, versions, torch threads
+                           /checkpoint.pt   latest resumable state, framed with its sha256 (removed when done)
                            /metrics.npz     one array per metric, with its step index (<name>__step)
                            /arrays.npz      final parameters, stage-1 perturbation directions, ...
-                           /DONE            written last: status, steps, wall time, sha256 of the two .npz
+                           /DONE            written last: status, steps, wall time, data fingerprint, the sha256
+                                            of config.json and the two .npz, and the sha256 of its own fields
 
-A directory without a valid DONE (missing, unreadable, or checksums that do not match) is never read as a
-result: it is resumed from its checkpoint when that loads, else recomputed. Concurrent requests for the
-same run (parallel notebooks or sweep workers) wait on a file lock instead of computing it twice.
+Every file is verified when read. A directory without a valid DONE (missing, unreadable, edited, checksums
+that do not match, or computed from other data than the data root holds now) is never read as a result: it is
+resumed from its checkpoint when that verifies, else recomputed from step 0 (with a warning for a damaged
+checkpoint). Concurrent requests for the same run (parallel notebooks or sweep workers) wait on a file lock
+instead of computing it twice. Every run is computed with ONE torch thread, whichever entry point asks for it
+(``chaosnb run``, ``sweep``, the book, a notebook), so one configuration always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -34,6 +39,7 @@ import torch
 
 from chaosnb import __version__
 from chaosnb.config import RunConfig
+from chaosnb.data import DatasetNotFoundError, dataset_fingerprint, load_dataset
 from chaosnb.perturb import STRATEGIES
 from chaosnb.train import RunResult, Training
 
@@ -41,6 +47,16 @@ RESULTS_ENV = "CHAOSNB_RESULTS"
 PROGRESS_ENV = "CHAOSNB_PROGRESS"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT_EVERY = 200
+CHECKPOINT_SECONDS_ENV = "CHAOSNB_CHECKPOINT_SECONDS"
+DEFAULT_CHECKPOINT_SECONDS = 600.0
+"""A checkpoint is also written when this much wall time has passed since the last one (preemptible nodes)."""
+RUN_THREADS = 1
+"""Torch threads of every run: BLAS results depend on the thread count, so it is fixed (and recorded)."""
+_CHECKPOINT_MAGIC = b"chaosnb-checkpoint-v1\n"
+
+
+class ResultsStoreError(OSError):
+    """The results store cannot be written (read-only, not a folder, ...); the message says what to set."""
 
 
 def results_root() -> Path:
@@ -101,33 +117,97 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def ensure_writable(root: Path) -> None:
+    """Create the results store folder if needed and check that files can be written in it; otherwise raise
+    :class:`ResultsStoreError` naming the folder, the reason and the variable to set."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ResultsStoreError(f"results store {root} is not writable ({err.strerror or err}); set "
+                                f"{RESULTS_ENV} to a writable folder") from None
+
+
 # ---------------------------------------------------------------------------------------------- reading
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_result(directory: Path) -> RunResult | None:
-    """The finished run in ``directory``, or None when it is missing, partial or corrupted."""
+def _fields_sha256(fields: dict) -> str:
+    """sha256 of DONE's fields (canonical JSON, without the checksum itself)."""
+    payload = json.dumps({k: v for k, v in fields.items() if k != "done_sha256"}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def current_data_fingerprint(dataset: str) -> str | None:
+    """The fingerprint of ``dataset`` in today's data root, or None where it is not available (results can then
+    still be read: they carry the fingerprint they were computed from)."""
     try:
+        return dataset_fingerprint(dataset)
+    except DatasetNotFoundError:
+        return None
+
+
+def verify_result(directory: Path) -> tuple[RunResult | None, str]:
+    """(the finished run in ``directory``, "ok") or (None, why it is not usable): missing, partial, a damaged or
+    edited file (every file is checked against DONE's checksums, DONE against its own), or "stale-data" when the
+    data root now holds other data than the run was computed from."""
+    try:
+        if not (directory / "DONE").exists():
+            return None, "partial"
         done = json.loads((directory / "DONE").read_text())
-        for name in ("metrics.npz", "arrays.npz"):
+        if not isinstance(done, dict) or done.get("done_sha256") != _fields_sha256(done):
+            return None, "corrupt"
+        for name in ("metrics.npz", "arrays.npz", "config.json"):
             if _sha256(directory / name) != done["sha256"][name]:
-                return None
-        config = RunConfig.from_dict(json.loads((directory / "config.json").read_text())["config"])
+                return None, "corrupt"
+        recorded = json.loads((directory / "config.json").read_text())
+        config = RunConfig.from_dict(recorded["config"])
         if config.run_hash() != directory.name:  # config.json altered: the numbers are not this config's
-            return None
+            return None, "corrupt"
+        now = current_data_fingerprint(config.dataset)
+        if now is not None and now != done["data_fingerprint"]:
+            return None, "stale-data"
         with np.load(directory / "metrics.npz") as data:
             metrics = {k: data[k] for k in data.files}
         with np.load(directory / "arrays.npz") as data:
             arrays = {k: data[k] for k in data.files}
-        return RunResult(config, metrics, arrays, done["status"], done["steps_done"], done.get("diverged_at"),
-                         done.get("wall_time", 0.0), done.get("meta", {}))
+        result = RunResult(config, metrics, arrays, done["status"], done["steps_done"], done.get("diverged_at"),
+                           done.get("wall_time", 0.0), done.get("meta", {}))
+        return result, "ok"
     except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
-        return None
+        return None, "corrupt"
+
+
+def load_result(directory: Path) -> RunResult | None:
+    """The finished run in ``directory``, or None when it is missing, partial, corrupted or stale (see
+    :func:`verify_result`)."""
+    return verify_result(directory)[0]
 
 
 def is_done(config: RunConfig, root: Path | None = None) -> bool:
     return load_result(run_dir(config, root)) is not None
+
+
+def checkpoint_bytes(config: RunConfig, training_state: dict, data_fingerprint: str) -> bytes:
+    """A checkpoint file: magic line, sha256 of the payload, then the ``torch.save`` payload."""
+    payload = _torch_bytes({"hash": config.run_hash(), "data_fingerprint": data_fingerprint,
+                            "training": training_state})
+    return _CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The verified checkpoint at ``path``; ValueError when it is damaged (framing or checksum), OSError when
+    unreadable."""
+    data = path.read_bytes()
+    if not data.startswith(_CHECKPOINT_MAGIC):
+        raise ValueError("not a chaosnb checkpoint (no header)")
+    digest, _, payload = data[len(_CHECKPOINT_MAGIC):].partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError("checksum mismatch")
+    return torch.load(io.BytesIO(payload), weights_only=False)
 
 
 # ---------------------------------------------------------------------------------------------- computing
@@ -144,76 +224,121 @@ def _stage1_directions(config: RunConfig, root: Path | None, progress: bool | No
     return {name: stage1.arrays["directions"][i] for i, name in enumerate(STRATEGIES)}
 
 
+@contextlib.contextmanager
+def run_threads(threads: int = RUN_THREADS):
+    """Torch's intra-op thread count fixed for the duration of a run (restored afterwards)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _checkpoint_seconds() -> float:
+    value = os.environ.get(CHECKPOINT_SECONDS_ENV)
+    return float(value) if value else DEFAULT_CHECKPOINT_SECONDS
+
+
+def _resume(training: Training, checkpoint: Path, config: RunConfig, fingerprint: str) -> bool:
+    """Load a verified checkpoint of this configuration and data into ``training``; a damaged one is reported and
+    removed (the run then starts from step 0). Returns whether it resumed."""
+    if not checkpoint.exists():
+        return False
+    try:
+        state = read_checkpoint(checkpoint)
+        if state.get("hash") != config.run_hash() or state.get("data_fingerprint") != fingerprint:
+            raise ValueError("it belongs to another configuration or other data")
+        training.load_state_dict(state["training"])
+        return True
+    except Exception as err:  # noqa: BLE001 - any unusable checkpoint means: start again
+        warnings.warn(f"run {config.run_hash()}: checkpoint {checkpoint} is damaged or foreign ({err}); "
+                      "restarting the run from step 0", RuntimeWarning, stacklevel=3)
+        checkpoint.unlink(missing_ok=True)
+        return False
+
+
 def _compute(config: RunConfig, directory: Path, root: Path | None, checkpoint_every: int,
              progress: bool | None, stop_after: int | None = None) -> RunResult | None:
-    atomic_write_json(directory / "config.json", {"config": config.to_dict(), "hash": config.run_hash(),
-                                                  "seed": config.seed, "chaosnb_version": __version__,
-                                                  "torch_version": torch.__version__, "label": config.label()})
-    directions = _stage1_directions(config, root, progress) if config.is_perturbation else None
-    training = Training(config, directions)
-    checkpoint = directory / "checkpoint.pt"
-    if checkpoint.exists():
-        try:
-            state = torch.load(checkpoint, weights_only=False)
-            if state.get("hash") == config.run_hash():
-                training.load_state_dict(state["training"])
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint means: start again
-            training = Training(config, directions)
-    bar = None
-    if _progress_enabled(progress):
-        from tqdm.auto import tqdm
+    with run_threads():
+        fingerprint = load_dataset(config.dataset).fingerprint
+        atomic_write_json(directory / "config.json", {
+            "config": config.to_dict(), "hash": config.run_hash(), "seed": config.seed, "label": config.label(),
+            "data_fingerprint": fingerprint, "chaosnb_version": __version__, "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads()})
+        directions = _stage1_directions(config, root, progress) if config.is_perturbation else None
+        training = Training(config, directions)
+        checkpoint = directory / "checkpoint.pt"
+        if not _resume(training, checkpoint, config, fingerprint):
+            training = Training(config, directions)  # a failed load may have left a partial state behind
+        bar = None
+        if _progress_enabled(progress):
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=training.step, desc=config.label(), unit="step",
-                   dynamic_ncols=True, file=sys.stderr, leave=False)
-    steps_this_call = 0
-    while not training.finished:
-        training.advance()
-        steps_this_call += 1
-        if bar is not None:
-            bar.update(1)
-        if training.finished:
-            break
-        if training.step % checkpoint_every == 0:
-            atomic_write_bytes(checkpoint, _torch_bytes({"hash": config.run_hash(),
-                                                         "training": training.state_dict()}))
-        if stop_after is not None and steps_this_call >= stop_after:
+            bar = tqdm(total=config.steps, initial=training.step, desc=config.label(), unit="step",
+                       dynamic_ncols=True, file=sys.stderr, leave=False)
+        steps_this_call, every_seconds, last_saved = 0, _checkpoint_seconds(), time.monotonic()
+        while not training.finished:
+            training.advance()
+            steps_this_call += 1
             if bar is not None:
-                bar.close()
-            return None
-    if bar is not None:
-        bar.close()
-    result = training.result()
-    _write_result(directory, result)
-    with contextlib.suppress(FileNotFoundError):
-        checkpoint.unlink()
-    return result
+                bar.update(1)
+            if training.finished:
+                break
+            if training.step % checkpoint_every == 0 or time.monotonic() - last_saved >= every_seconds:
+                atomic_write_bytes(checkpoint, checkpoint_bytes(config, training.state_dict(), fingerprint))
+                last_saved = time.monotonic()
+            if stop_after is not None and steps_this_call >= stop_after:
+                if bar is not None:
+                    bar.close()
+                return None
+        if bar is not None:
+            bar.close()
+        result = training.result()
+        result.meta["data_fingerprint"] = fingerprint
+        _write_result(directory, result, fingerprint)
+        with contextlib.suppress(FileNotFoundError):
+            checkpoint.unlink()
+        return result
 
 
-def _write_result(directory: Path, result: RunResult) -> None:
+def _write_result(directory: Path, result: RunResult, data_fingerprint: str) -> None:
     (directory / "DONE").unlink(missing_ok=True)
     metrics, arrays = _npz_bytes(result.metrics), _npz_bytes(result.arrays)
     atomic_write_bytes(directory / "metrics.npz", metrics)
     atomic_write_bytes(directory / "arrays.npz", arrays)
-    atomic_write_json(directory / "DONE", {
-        "status": result.status, "steps_done": result.steps_done, "diverged_at": result.diverged_at,
-        "wall_time": result.wall_time, "meta": result.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "sha256": {"metrics.npz": hashlib.sha256(metrics).hexdigest(),
-                   "arrays.npz": hashlib.sha256(arrays).hexdigest()}})
+    done = {"status": result.status, "steps_done": result.steps_done, "diverged_at": result.diverged_at,
+            "wall_time": result.wall_time, "meta": result.meta, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "data_fingerprint": data_fingerprint,
+            "sha256": {"metrics.npz": hashlib.sha256(metrics).hexdigest(),
+                       "arrays.npz": hashlib.sha256(arrays).hexdigest(),
+                       "config.json": _sha256(directory / "config.json")}}
+    done["done_sha256"] = _fields_sha256(done)
+    atomic_write_json(directory / "DONE", done)
 
 
 def get(config: RunConfig, root: Path | None = None, *, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         progress: bool | None = None, recompute: bool = False) -> RunResult:
-    """The result of ``config``: read from the store when finished, else computed (resuming if possible)."""
+    """The result of ``config``: read from the store when finished, else computed (resuming if possible).
+
+    A result computed from other data than the data root holds now ("stale-data") is recomputed, with a warning.
+    Raises :class:`ResultsStoreError` (one line: what and where) when the store cannot be written."""
     directory = run_dir(config, root)
     if not recompute:
         cached = load_result(directory)
         if cached is not None:
             return cached
+    load_dataset(config.dataset)  # a missing or damaged dataset fails here, before the store is touched
+    ensure_writable(directory.parent)
     with _locked(directory.parent / f".{directory.name}.lock"):
         if not recompute:
-            cached = load_result(directory)  # another process may have finished it while we waited
+            cached, why = verify_result(directory)  # another process may have finished it while we waited
             if cached is not None:
                 return cached
+            if why == "stale-data":
+                warnings.warn(f"run {directory.name} was computed from other data than {config.dataset!r} in "
+                              "today's data root: computing it again", RuntimeWarning, stacklevel=2)
+                shutil.rmtree(directory)
         elif directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -286,7 +411,8 @@ def sweep(configs: Iterable[RunConfig], root: Path | None = None, *, jobs: int |
 
 
 def list_runs(root: Path | None = None) -> list[dict]:
-    """One row per run directory: hash, label, status (done/diverged/partial/corrupt), steps, wall time."""
+    """One row per run directory: hash, label, status (done / diverged / partial / corrupt / stale-data), steps,
+    wall time."""
     root = root or results_root()
     rows = []
     for directory in sorted(p for p in root.glob("*") if p.is_dir()):
@@ -297,14 +423,13 @@ def list_runs(root: Path | None = None) -> list[dict]:
             row["label"], row["steps"] = cfg["label"], cfg["config"]["steps"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError):
             row["status"] = "corrupt"
-        result = load_result(directory)
+        result, why = verify_result(directory)
         if result is not None:
             row.update(status=result.status, steps_done=result.steps_done, wall_time=result.wall_time)
-        elif (directory / "DONE").exists():
-            row["status"] = "corrupt"
+        elif why != "partial":
+            row["status"] = why
         elif (directory / "checkpoint.pt").exists():
             with contextlib.suppress(Exception):
-                row["steps_done"] = int(torch.load(directory / "checkpoint.pt", weights_only=False)["training"]
-                                        ["step"])
+                row["steps_done"] = int(read_checkpoint(directory / "checkpoint.pt")["training"]["step"])
         rows.append(row)
     return rows

@@ -87,7 +87,8 @@ def test_cache_hit_reads_without_computing(root, monkeypatch):
     forbid_computing(monkeypatch)
     second = get(MLP, root)
     assert_same_numbers(first, second)
-    assert second.config == MLP and second.meta == {"models": ["model"]}
+    assert second.config == MLP
+    assert second.meta == {"models": ["model"], "data_fingerprint": load_dataset(MLP.dataset).fingerprint}
     assert get_many([MLP, MLP], root)[1].status == "done"
     assert is_done(MLP, root)
     assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == mtimes
@@ -122,7 +123,9 @@ def test_same_seed_same_numbers(tmp_path, monkeypatch):
     assert recorded["torch_version"] == torch.__version__
     done = json.loads((run_dir(cfg, tmp_path / "a") / "DONE").read_text())
     assert done["status"] == "done" and done["steps_done"] == cfg.steps and set(done["sha256"]) == {
-        "metrics.npz", "arrays.npz"}
+        "metrics.npz", "arrays.npz", "config.json"}
+    fingerprint = load_dataset(cfg.dataset).fingerprint
+    assert recorded["data_fingerprint"] == done["data_fingerprint"] == fingerprint and recorded["torch_threads"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -170,7 +173,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
     assert "FINISHED" not in log.read_text()
     assert not (directory / "DONE").exists() and load_result(directory) is None
     assert (directory / "config.json").exists()
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = runs.read_checkpoint(checkpoint)
     assert saved["hash"] == cfg.run_hash()
     killed_at = saved["training"]["step"]
     assert 0 < killed_at < cfg.steps and killed_at % every == 0
@@ -202,7 +205,7 @@ def test_resume_in_process_cgd(tmp_path, monkeypatch):
     directory = run_dir(cfg, root)
     directory.mkdir(parents=True)
     assert runs._compute(cfg, directory, root, checkpoint_every=1, progress=False, stop_after=1) is None
-    assert torch.load(directory / "checkpoint.pt", weights_only=False)["training"]["step"] == 1
+    assert runs.read_checkpoint(directory / "checkpoint.pt")["training"]["step"] == 1
     resumed = get(cfg, root, checkpoint_every=1)
     reference = get(cfg, tmp_path / "reference", checkpoint_every=100)
     assert_same_numbers(resumed, reference)
@@ -216,7 +219,7 @@ def test_resume_in_process_tangent_map(perturbation, tmp_path):
     directory = run_dir(stage1, root)
     directory.mkdir(parents=True)
     assert runs._compute(stage1, directory, root, checkpoint_every=1, progress=False, stop_after=1) is None
-    saved = torch.load(directory / "checkpoint.pt", weights_only=False)["training"]
+    saved = runs.read_checkpoint(directory / "checkpoint.pt")["training"]
     assert saved["step"] == 1 and saved["tangent"]["t"] == 1 and 1 in saved["snapshots"]
     resumed = get(stage1, root, checkpoint_every=1, progress=False)
     assert_same_numbers(resumed, perturbation["stage1"])
@@ -254,6 +257,10 @@ CORRUPTIONS = {
     "DONE-is-a-list": lambda d: (d / "DONE").write_text("[]"),
     "garbage-config": lambda d: (d / "config.json").write_text("{"),
     "config-of-another-run": _edit_json("config.json", lambda o: o["config"].update({"lr": 0.5})),
+    "config-fingerprint-edited": _edit_json("config.json", lambda o: o.update(data_fingerprint="0" * 16)),
+    "DONE-steps-edited": _edit_json("DONE", lambda o: o.update(steps_done=3)),
+    "DONE-status-edited": _edit_json("DONE", lambda o: o.update(status="diverged", diverged_at=3)),
+    "DONE-fingerprint-edited": _edit_json("DONE", lambda o: o.update(data_fingerprint="0" * 16)),
 }
 
 
@@ -271,26 +278,44 @@ def test_corrupted_result_is_recomputed(root, kind):
     assert [row["status"] for row in list_runs(root)] == ["done"]
 
 
-@pytest.mark.parametrize("checkpoint", ["garbage", "other-run", "wrong-structure"])
-def test_bad_checkpoint_is_ignored(tmp_path, monkeypatch, checkpoint):
+@pytest.mark.parametrize("checkpoint", ["garbage", "other-run", "wrong-structure", "flipped-bytes", "other-data"])
+def test_bad_checkpoint_restarts_from_zero_with_a_warning(tmp_path, monkeypatch, checkpoint):
+    """A checkpoint that is damaged (four flipped bytes fail its sha256), foreign (another configuration or other
+    data) or malformed is never loaded: the run restarts from step 0 with a warning and ends with clean numbers."""
     monkeypatch.setenv("CHAOSNB_PROGRESS", "0")
     root = tmp_path / "store"
     directory = run_dir(MLP, root)
     directory.mkdir(parents=True)
-    other = dataclasses.replace(MLP, seed=3)
+    fingerprint = load_dataset(MLP.dataset).fingerprint
+    source = MLP if checkpoint in ("flipped-bytes", "other-data") else dataclasses.replace(MLP, seed=3)
+    source_dir = directory if source == MLP else run_dir(source, root)
+    source_dir.mkdir(parents=True, exist_ok=True)
+    runs._compute(source, source_dir, root, checkpoint_every=5, progress=False, stop_after=10)
+    path = directory / "checkpoint.pt"
+    state = runs.read_checkpoint(source_dir / "checkpoint.pt")
     if checkpoint == "garbage":
-        (directory / "checkpoint.pt").write_bytes(b"\x80\x02 this is not a checkpoint")
+        path.write_bytes(b"\x80\x02 this is not a checkpoint")
+    elif checkpoint == "other-run":
+        path.write_bytes(runs.checkpoint_bytes(source, state["training"], fingerprint))
+    elif checkpoint == "wrong-structure":
+        path.write_bytes(runs.checkpoint_bytes(MLP, {"step": 10, "params": []}, fingerprint))
+    elif checkpoint == "other-data":
+        path.write_bytes(runs.checkpoint_bytes(MLP, state["training"], "0" * 16))
     else:
-        other_dir = run_dir(other, root)
-        other_dir.mkdir(parents=True)
-        runs._compute(other, other_dir, root, checkpoint_every=5, progress=False, stop_after=10)
-        state = torch.load(other_dir / "checkpoint.pt", weights_only=False)
-        if checkpoint == "wrong-structure":
-            state = {"hash": MLP.run_hash(), "training": {"step": 10, "params": []}}
-        (directory / "checkpoint.pt").write_bytes(runs._torch_bytes(state))
-    result = get(MLP, root)
+        data = bytearray(path.read_bytes())
+        for i in range(4):
+            data[len(data) // 2 + 97 * i] ^= 0x10
+        path.write_bytes(bytes(data))
+    loaded = []
+    load_state_dict = runs.Training.load_state_dict
+    monkeypatch.setattr(runs.Training, "load_state_dict",
+                        lambda self, st: (loaded.append(st["step"]), load_state_dict(self, st))[1])
+    with pytest.warns(RuntimeWarning, match="restarting the run from step 0"):
+        result = get(MLP, root)
+    assert checkpoint == "wrong-structure" or loaded == []  # a malformed state fails inside load_state_dict
+    monkeypatch.undo()
     assert_same_numbers(result, get(MLP, tmp_path / "clean"))
-    assert not (directory / "checkpoint.pt").exists()
+    assert not path.exists()
 
 
 # ---------------------------------------------------------------------------------------------- divergence
