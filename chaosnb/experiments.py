@@ -45,9 +45,14 @@ REFERENCE_RUNS = {
 }
 
 
+SHARED_SECTIONS = ("verdict_thresholds",)
+"""Top-level sections of profiles.yaml that are not profiles (YAML anchors the profiles include)."""
+
+
 @lru_cache(maxsize=1)
 def _profiles() -> dict:
-    return yaml.safe_load(resources.files("chaosnb").joinpath("profiles.yaml").read_text())
+    data = yaml.safe_load(resources.files("chaosnb").joinpath("profiles.yaml").read_text())
+    return {name: value for name, value in data.items() if name not in SHARED_SECTIONS}
 
 
 def profile_names() -> tuple[str, ...]:

@@ -12,9 +12,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-STATUSES = ("reproduced", "partly", "not reproduced")
+STATUSES = ("reproduced", "partly", "not reproduced", "not testable at this profile")
 VERDICTS_ENV = "CHAOSNB_VERDICTS"
-_BADGE = {"reproduced": "✅ reproduced", "partly": "🟡 partly reproduced", "not reproduced": "❌ not reproduced"}
+_BADGE = {"reproduced": "✅ reproduced", "partly": "🟡 partly reproduced", "not reproduced": "❌ not reproduced",
+          "not testable at this profile": "⚪ not testable at this profile"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ def verdict(figure: str, claim: str, measured: str, status: str, reason: str, pr
 
         show(Markdown(v.markdown()))
     return v
+
+
+def record(judgement, profile: str, page: str, display: bool = True) -> Verdict:
+    """Record and display a :class:`chaosnb.verdicts.Judgement` (the criterion computed by the package)."""
+    return verdict(judgement.figure, judgement.claim, judgement.measured, judgement.status, judgement.reason,
+                   profile, page, display)
 
 
 def load_verdicts(folder: Path | None = None) -> list[Verdict]:

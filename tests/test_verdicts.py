@@ -1,0 +1,109 @@
+"""chaosnb.verdicts: every figure's verdict is shown to flip between its statuses on synthetic runs built for it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chaosnb import verdicts as V
+from chaosnb.config import RunConfig
+from chaosnb.experiments import load_profile
+from chaosnb.train import RunResult
+
+STEPS = 400
+WINDOW = 20
+TH = load_profile("quick")["verdicts"]["pruning"]
+
+
+def run(final: float, *, start: float = 0.1, rise: int = STEPS, diverged_at: int | None = None) -> RunResult:
+    """A run whose training accuracy climbs linearly from ``start`` to ``final`` over ``rise`` steps, then stays;
+    a diverged run's record stops at its divergence step."""
+    steps = np.arange(STEPS if diverged_at is None else diverged_at + 1)
+    acc = start + (final - start) * np.minimum(steps / rise, 1.0)
+    metrics = {"train_acc": acc, "train_acc__step": steps}
+    status = "diverged" if diverged_at is not None else "done"
+    return RunResult(RunConfig(steps=STEPS), metrics, status=status, steps_done=len(steps) - 1 if diverged_at
+                     else STEPS, diverged_at=diverged_at)
+
+
+SGD = run(0.9)
+SLOW = run(0.5)  # ends 0.4 below SGD, gains 0.4 (ratio 0.5)
+STUCK = run(0.2)  # gains 0.1 of SGD's 0.8
+AS_SGD = run(0.89)
+FAST_CRASH = run(0.88, rise=40, diverged_at=150)  # reaches 0.81 (0.9 x SGD) at step ~37, then diverges
+FAST_NO_CRASH = run(0.88, rise=40)
+SLOW_CRASH = run(0.3, diverged_at=150)
+FLAT = run(0.12)  # a "SGD" that has not started to learn
+
+
+def judge(figure, sgd=SGD, chaotic=SLOW, neg=SLOW, pos=FAST_CRASH):
+    return V.pruning_figure(figure, {"sgd": sgd, "chaotic": chaotic, "neg": neg, "pos": pos}, WINDOW, TH)
+
+
+# figure -> status -> the runs (keyword arguments of judge) that must produce it
+SCENARIOS = {
+    "Figure 1": {V.REPRODUCED: {}, V.PARTLY: {"pos": FAST_NO_CRASH},
+                 V.NOT_REPRODUCED: {"chaotic": AS_SGD, "pos": FAST_NO_CRASH}},
+    "Figure B.1.1": {V.REPRODUCED: {}, V.PARTLY: {"neg": AS_SGD}, V.NOT_REPRODUCED: {"chaotic": AS_SGD, "neg": AS_SGD},
+                     V.NOT_TESTABLE: {"sgd": FLAT}},
+    "Figure B.1.2": {V.REPRODUCED: {}, V.PARTLY: {"pos": FAST_NO_CRASH},
+                     V.NOT_REPRODUCED: {"pos": run(0.4)}},
+    "Figure B.1.3": {V.REPRODUCED: {"chaotic": STUCK, "neg": STUCK}, V.PARTLY: {"chaotic": run(0.7), "neg": run(0.7)},
+                     V.NOT_REPRODUCED: {"chaotic": AS_SGD, "neg": AS_SGD, "pos": run(0.4)}},
+    "Figure B.1.4": {V.REPRODUCED: {}, V.PARTLY: {"pos": SLOW_CRASH},
+                     V.NOT_REPRODUCED: {"chaotic": AS_SGD, "neg": AS_SGD, "pos": run(0.4)}},
+    "Figure B.1.5": {V.REPRODUCED: {}, V.PARTLY: {"chaotic": AS_SGD},
+                     V.NOT_REPRODUCED: {"chaotic": run(0.95, rise=20), "neg": AS_SGD, "pos": SLOW}},
+}
+
+
+@pytest.mark.parametrize(("figure", "status"), [(f, s) for f, cases in SCENARIOS.items() for s in cases])
+def test_pruning_verdicts_flip(figure, status):
+    j = judge(figure, **SCENARIOS[figure][status])
+    assert j.status == status, j.reason
+    assert j.claim == V.PRUNING_CLAIMS[figure] and j.figure == figure
+    assert len(j.checks) == len(V.PRUNING_CHECKS[figure]) and all(c.measured for c in j.checks)
+
+
+def test_every_pruning_figure_reaches_three_statuses():
+    for figure, cases in SCENARIOS.items():
+        assert {V.REPRODUCED, V.PARTLY, V.NOT_REPRODUCED} <= set(cases), figure
+
+
+def test_slower_needs_the_margin():
+    """A CGD run just inside the margin is not "slower"; just outside it is (margin from profiles.yaml)."""
+    margin = TH["acc_margin"]
+    inside, outside = run(0.9 - 0.8 * margin), run(0.9 - 1.2 * margin)
+    assert judge("Figure B.1.1", chaotic=inside, neg=inside).status == V.NOT_REPRODUCED
+    assert judge("Figure B.1.1", chaotic=outside, neg=outside).status == V.REPRODUCED
+
+
+def test_fast_means_before_the_chaotic_run_and_not_after_sgd():
+    early_chaotic = run(0.88, rise=20)  # the chaotic run gets to the level before the positive one
+    check = judge("Figure B.1.2", chaotic=early_chaotic).checks[0]
+    assert check.passed is False and "chaotic step" in check.measured
+    late = run(0.85, rise=STEPS, diverged_at=STEPS - 5)  # gets there after SGD does
+    assert judge("Figure B.1.2", pos=late).checks[0].passed is False
+    assert judge("Figure B.1.2").checks[0].passed is True
+
+
+def test_comparisons_with_an_sgd_that_has_not_learned_are_not_testable():
+    j = judge("Figure B.1.3", sgd=FLAT)
+    assert [c.passed for c in j.checks] == [None, None, None, True]  # only the crash can be judged
+    assert j.status == V.REPRODUCED and "not testable at this profile" in j.limits
+    assert "not testable" in j.reason
+
+
+def test_combine_is_the_all_any_rule():
+    c = lambda passed: V.Check("x", passed, "m")  # noqa: E731
+    assert V.combine([c(True), c(True), c(None)]) == V.REPRODUCED
+    assert V.combine([c(True), c(False)]) == V.PARTLY
+    assert V.combine([c(False), c(None)]) == V.NOT_REPRODUCED
+    assert V.combine([c(None)]) == V.combine([]) == V.NOT_TESTABLE
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="unknown pruning figure"):
+        V.pruning_figure("Figure 9", {}, WINDOW, TH)
+    with pytest.raises(ValueError, match="missing \\['pos'\\]"):
+        V.pruning_figure("Figure 1", {"sgd": SGD, "chaotic": SLOW, "neg": SLOW}, WINDOW, TH)
