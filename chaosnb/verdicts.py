@@ -7,7 +7,8 @@ decided at the profile's horizon (for example when SGD itself has not started to
 nothing). Thresholds come from the profile's ``verdicts`` section (``profiles.yaml``, where each is explained).
 Notebooks call these functions and display / glue the result; no criterion is written in a notebook.
 
-Implemented so far: the pruning figures (main-text Figure 1, Figures B.1.1-B.1.5).
+Implemented so far: the pruning figures (main-text Figure 1, Figures B.1.1-B.1.5) and the eigenspace figures
+(B.2.1-B.2.7), whose trends and differences count only when their confidence interval excludes 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from chaosnb.analysis import first_step_reaching, tail_mean, window_mean
 from chaosnb.train import RunResult
@@ -175,3 +178,200 @@ def pruning_figure(figure: str, results: Mapping[str, RunResult], window: int,
         limits += f"; SGD gains less than {thresholds['sgd_min_gain']:g} accuracy in {s.steps} steps, so comparisons " \
                   "with it are not testable at this profile"
     return Judgement(figure, PRUNING_CLAIMS[figure], combine(checks), checks, criterion, measured, limits)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class Estimate:
+    """A mean or slope with a two-sided confidence interval (``level``), corrected for lag-1 autocorrelation."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    n_eff: float
+
+    def text(self, unit: str = "") -> str:
+        return f"{self.value:+.3g}{unit} [{self.low:+.3g}, {self.high:+.3g}]"
+
+    @property
+    def positive(self) -> bool:
+        return self.low > 0
+
+    @property
+    def negative(self) -> bool:
+        return self.high < 0
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def _effective_n(residuals: np.ndarray) -> float:
+    """n (1 - rho) / (1 + rho) for the lag-1 autocorrelation rho of the residuals (clipped to [0, 0.99]): recorded
+    training curves are strongly autocorrelated, and the naive standard error would be far too small."""
+    n = residuals.size
+    if n < 3 or float(np.var(residuals)) == 0.0:
+        return float(n)
+    rho = float(np.corrcoef(residuals[:-1], residuals[1:])[0, 1])
+    rho = min(max(rho if math.isfinite(rho) else 0.0, 0.0), 0.99)
+    return max(2.0, n * (1 - rho) / (1 + rho))
+
+
+def mean_estimate(values, level: float = 0.95) -> Estimate:
+    """Mean of the finite values with an AR(1)-corrected normal confidence interval."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        value = float(x.mean()) if x.size else math.nan
+        return Estimate(value, -math.inf, math.inf, int(x.size), float(x.size))
+    n_eff = _effective_n(x - x.mean())
+    half = _z(level) * float(x.std(ddof=1)) / math.sqrt(n_eff)
+    return Estimate(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half, int(x.size), n_eff)
+
+
+def trend_estimate(result: RunResult, metric: str, level: float = 0.95, per: int = 1000) -> Estimate:
+    """Least-squares slope of a metric against its step (per ``per`` steps) with an AR(1)-corrected confidence
+    interval: a trend counts only when its interval excludes 0."""
+    steps, values = result.series(metric)
+    mask = np.isfinite(values)
+    t, y = steps[mask].astype(np.float64), np.asarray(values, dtype=np.float64)[mask]
+    if t.size < 3 or np.ptp(t) == 0:
+        return Estimate(math.nan, -math.inf, math.inf, int(t.size), float(t.size))
+    slope, intercept = np.polyfit(t, y, 1)
+    residuals = y - (slope * t + intercept)
+    n_eff = _effective_n(residuals)
+    dof = max(n_eff - 2, 1.0)
+    se = math.sqrt(float(residuals @ residuals) / dof / float(((t - t.mean()) ** 2).sum()) * t.size / n_eff)
+    half = _z(level) * se
+    return Estimate(float(slope * per), float((slope - half) * per), float((slope + half) * per), int(t.size), n_eff)
+
+
+def difference_estimate(a, b, level: float = 0.95) -> Estimate:
+    """mean(a) - mean(b) of two independent stretches, each with its AR(1)-corrected variance."""
+    ea, eb = mean_estimate(a, level), mean_estimate(b, level)
+    z = _z(level)
+    half = math.hypot((ea.high - ea.value) / z, (eb.high - eb.value) / z) * z
+    value = ea.value - eb.value
+    return Estimate(value, value - half, value + half, ea.n + eb.n, ea.n_eff + eb.n_eff)
+
+
+# ---------------------------------------------------------------------------------------------- eigenspaces (B.2)
+EIGEN_COUNT_EXPECTED = {"USPS MLP sigmoid": "up", "USPS MLP sigmoid, momentum": "up", "USPS MLP relu": "down",
+                        "USPS CNN": "rise_relax", "FMNIST MLP relu": "down", "FMNIST MLP relu, momentum": "down",
+                        "FMNIST CNN": "rise_relax"}
+"""The paper's statement about the eigenvalue counts for each run of Figures B.2.2 / B.2.5 (experiments.EIGEN_RUNS)."""
+COUNT_EXPECTATIONS = {
+    "up": "n+ increases and n- decreases",
+    "down": "n+ decreases",
+    "rise_relax": "n+ rises quickly, then relaxes towards its start",
+}
+
+
+def _values(result: RunResult, metric: str) -> np.ndarray:
+    return np.asarray(result.series(metric)[1], dtype=np.float64)
+
+
+def rise_relax(values, smooth_fraction: float = 0.1) -> tuple[bool, bool]:
+    """(rises, relaxes): the moving average (window n x ``smooth_fraction``) peaks above its start before the last
+    quarter of training, and ends at most halfway between the start and the peak."""
+    from chaosnb.plots import moving_average
+
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 4:
+        return False, False
+    smooth = moving_average(x, max(1, int(x.size * smooth_fraction)))
+    peak = int(np.argmax(smooth))
+    start, top, end = smooth[0], smooth[peak], smooth[-1]
+    rises = bool(top > start and peak < 0.75 * x.size)
+    return rises, bool(rises and end <= start + 0.5 * (top - start))
+
+
+def edge_count_figure(figure: str, claim: str, results: Mapping[str, RunResult],
+                      thresholds: Mapping[str, float]) -> Judgement:
+    """Figure B.2.1: per run, the fraction of recorded spectra with an eigenvalue above 2/lr is at most
+    ``above_fraction_max``."""
+    checks = []
+    for name, res in results.items():
+        count = _values(res, "n_above_2_over_lr")
+        finite = count[np.isfinite(count)]
+        frac = float(np.mean(finite > 0)) if finite.size else math.nan
+        top = float(np.nanmax(_values(res, "eig_max"))) * res.config.lr / 2.0
+        most = int(np.nanmax(count)) if finite.size else 0
+        checks.append(Check(f"{name}: spectra with an eigenvalue above 2/lr <= {thresholds['above_fraction_max']:.0%}",
+                            None if not finite.size else frac <= thresholds["above_fraction_max"],
+                            f"{frac:.1%} of {finite.size} spectra, max count {most}, largest eigenvalue {top:.3g} x "
+                            "2/lr"))
+    lrs = sorted({res.config.lr for res in results.values()})
+    return Judgement(figure, claim, combine(checks), tuple(checks),
+                     "reproduced if every run stays below the edge in all but a small fraction of its spectra",
+                     "; ".join(c.measured for c in checks),
+                     f"one seed per run; learning rates {', '.join(f'{lr:g}' for lr in lrs)} (2/lr "
+                     f"{', '.join(f'{2 / lr:g}' for lr in lrs)}, the paper's 2000 at lr 1e-3)")
+
+
+def count_trend_figure(figure: str, claim: str, results: Mapping[str, RunResult], level: float,
+                       expected: Mapping[str, str] = EIGEN_COUNT_EXPECTED) -> Judgement:
+    """Figures B.2.2, B.2.5: per run, the eigenvalue counts move as the paper says for that run type (``expected``:
+    "up", "down" or "rise_relax"); a trend counts only when its confidence interval excludes 0."""
+    checks = []
+    for name, res in results.items():
+        kind = expected[name]
+        t_pos, t_neg = trend_estimate(res, "n_pos", level), trend_estimate(res, "n_neg", level)
+        measured = f"trend n+ {t_pos.text()}, n- {t_neg.text()} per 1000 steps"
+        if kind == "up":
+            ok = t_pos.positive and t_neg.negative
+        elif kind == "down":
+            ok = t_pos.negative
+        else:
+            rises, relaxes = rise_relax(_values(res, "n_pos"))
+            ok, measured = rises and relaxes, measured + f"; rises {rises}, relaxes {relaxes}"
+        checks.append(Check(f"{name}: {COUNT_EXPECTATIONS[kind]}", bool(ok), measured))
+    return Judgement(figure, claim, combine(checks), tuple(checks),
+                     f"per run, the paper's statement for that run type, with trends counted only when their "
+                     f"{level:.0%} interval (corrected for autocorrelation) excludes 0",
+                     "; ".join(f"{c.name.split(':')[0]}: {c.measured}" for c in checks), "one seed per run")
+
+
+def mean_overlap_figure(figure: str, claim: str, results: Mapping[str, RunResult], level: float) -> Judgement:
+    """Figures B.2.3, B.2.6: per run, the mean |cos| of the gradient with the positive eigenvectors exceeds that with
+    the negative ones (paired per spectrum, interval above 0), and both decrease (slope intervals below 0)."""
+    checks = []
+    for name, res in results.items():
+        gap = mean_estimate(_values(res, "cos_pos_mean") - _values(res, "cos_neg_mean"), level)
+        checks.append(Check(f"{name}: positive overlap > negative", gap.positive, f"difference {gap.text()}"))
+        for metric, label in (("cos_pos_mean", "positive"), ("cos_neg_mean", "negative")):
+            slope = trend_estimate(res, metric, level)
+            checks.append(Check(f"{name}: {label} overlap decreases", slope.negative,
+                                f"trend {slope.text()} per 1000 steps"))
+    return Judgement(figure, claim, combine(checks), tuple(checks),
+                     f"every (run, check) pair must hold for reproduced, some for partly; each difference and trend "
+                     f"counts only when its {level:.0%} interval (corrected for autocorrelation) excludes 0",
+                     "; ".join(f"{c.name}: {c.measured}" for c in checks), "one seed per run")
+
+
+def extreme_overlap_figure(figure: str, claim: str, results: Mapping[str, RunResult], level: float) -> Judgement:
+    """Figures B.2.4, B.2.7: per run, |cos| with the top eigenvector exceeds that with the most negative one
+    (paired), the top overlap increases, and the most-negative overlap is lower in the second half of training than
+    in its first quarter (each with a confidence interval excluding 0)."""
+    checks = []
+    for name, res in results.items():
+        top, low = _values(res, "cos_top"), _values(res, "cos_min")
+        steps = res.series("cos_min")[0]
+        last = int(res.steps_done)
+        gap = mean_estimate(top - low, level)
+        slope = trend_estimate(res, "cos_top", level)
+        early = low[(steps < max(last // 4, 1))]
+        late = low[(steps >= last // 2)]
+        drop = difference_estimate(early, late, level)
+        checks += [Check(f"{name}: top overlap > most negative", gap.positive, f"difference {gap.text()}"),
+                   Check(f"{name}: top overlap increases", slope.positive, f"trend {slope.text()} per 1000 steps"),
+                   Check(f"{name}: most-negative overlap drops early", drop.positive,
+                         f"first quarter - second half {drop.text()}")]
+    return Judgement(figure, claim, combine(checks), tuple(checks),
+                     f"every (run, check) pair must hold for reproduced, some for partly; each difference and trend "
+                     f"counts only when its {level:.0%} interval (corrected for autocorrelation) excludes 0",
+                     "; ".join(f"{c.name}: {c.measured}" for c in checks), "one seed per run")

@@ -107,3 +107,112 @@ def test_bad_input_is_named():
         V.pruning_figure("Figure 9", {}, WINDOW, TH)
     with pytest.raises(ValueError, match="missing \\['pos'\\]"):
         V.pruning_figure("Figure 1", {"sgd": SGD, "chaotic": SLOW, "neg": SLOW}, WINDOW, TH)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def series_run(lr: float = 0.01, every: int = 10, **metrics) -> RunResult:
+    """A run recording the given metric arrays every ``every`` steps."""
+    n = len(next(iter(metrics.values())))
+    steps = np.arange(n) * every
+    data = {}
+    for name, values in metrics.items():
+        data[name], data[f"{name}__step"] = np.asarray(values, dtype=np.float64), steps
+    return RunResult(RunConfig(steps=int(steps[-1]) + 1, lr=lr), data, steps_done=int(steps[-1]) + 1)
+
+
+def ar1(n: int, rho: float, seed: int, scale: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.zeros(n)
+    for i in range(1, n):
+        x[i] = rho * x[i - 1] + scale * rng.standard_normal()
+    return x
+
+
+def test_trend_interval_detects_a_slope_and_not_autocorrelated_noise():
+    t = np.arange(200)
+    clean = V.trend_estimate(series_run(m=0.5 * t + 3.0), "m")
+    assert clean.value == pytest.approx(50.0) and clean.positive  # 0.5 per 10 steps = 50 per 1000
+    wins = 0
+    for seed in range(40):  # no trend, strongly autocorrelated noise: the 95% interval covers 0 in most runs
+        est = V.trend_estimate(series_run(m=ar1(200, 0.9, seed)), "m")
+        wins += est.low <= 0 <= est.high
+        assert est.n_eff < 0.2 * est.n  # the autocorrelation shrinks the effective sample size
+    assert wins >= 34
+    naive_half = 1.96 * np.std(ar1(200, 0.9, 0)) / np.sqrt(200)
+    assert V.mean_estimate(ar1(200, 0.9, 0)).high - V.mean_estimate(ar1(200, 0.9, 0)).value > 2 * naive_half
+
+
+def test_difference_estimate_needs_separation():
+    rng = np.random.default_rng(0)
+    apart = V.difference_estimate(1.0 + 0.1 * rng.standard_normal(50), 0.1 * rng.standard_normal(50))
+    close = V.difference_estimate(0.01 + rng.standard_normal(50), rng.standard_normal(50))
+    assert apart.positive and not close.positive and not close.negative
+
+
+# ---------------------------------------------------------------------------------------------- eigenspaces
+LEVEL = load_profile("quick")["verdicts"]["eigen"]["level"]
+EDGE = load_profile("quick")["verdicts"]["eigen"]
+
+
+def edge_run(fraction: float, n: int = 100) -> RunResult:
+    count = np.zeros(n)
+    count[: int(round(fraction * n))] = 1
+    return series_run(n_above_2_over_lr=count, eig_max=np.full(n, 150.0))
+
+
+@pytest.mark.parametrize(("fractions", "status"), [((0.0, 0.02), V.REPRODUCED), ((0.0, 0.5), V.PARTLY),
+                                                   ((0.3, 0.5), V.NOT_REPRODUCED)])
+def test_edge_count_verdict_flips(fractions, status):
+    results = {f"run {i}": edge_run(f) for i, f in enumerate(fractions)}
+    j = V.edge_count_figure("Figure B.2.1", "claim", results, EDGE)
+    assert j.status == status, j.reason
+    assert "0.75 x 2/lr" in j.checks[0].measured  # 150 * 0.01 / 2
+
+
+def count_run(pos_slope: float, neg_slope: float, n: int = 100, seed: int = 0) -> RunResult:
+    t = np.arange(n)
+    return series_run(n_pos=200 + pos_slope * t + ar1(n, 0.5, seed), n_neg=80 + neg_slope * t + ar1(n, 0.5, seed + 1))
+
+
+def rise_relax_run(n: int = 100) -> RunResult:
+    t = np.arange(n)
+    return series_run(n_pos=200 + 60 * np.exp(-((t - 20) / 8.0) ** 2), n_neg=np.full(n, 80.0))
+
+
+@pytest.mark.parametrize(("runs", "status"), [
+    ({"USPS MLP sigmoid": count_run(1.0, -1.0), "USPS MLP relu": count_run(-1.0, 0.0), "USPS CNN": rise_relax_run()},
+     V.REPRODUCED),
+    ({"USPS MLP sigmoid": count_run(1.0, -1.0), "USPS MLP relu": count_run(0.0, 0.0), "USPS CNN": count_run(1, 0)},
+     V.PARTLY),
+    ({"USPS MLP sigmoid": count_run(-1.0, 1.0), "USPS MLP relu": count_run(1.0, 0.0)}, V.NOT_REPRODUCED),
+])
+def test_count_trend_verdict_flips(runs, status):
+    j = V.count_trend_figure("Figure B.2.2", "claim", runs, LEVEL)
+    assert j.status == status, j.reason
+
+
+def overlap_run(pos_minus_neg: float, slope: float, n: int = 100, seed: int = 0) -> RunResult:
+    t = np.arange(n)
+    neg = 0.05 + slope * t + 0.002 * ar1(n, 0.3, seed)
+    return series_run(cos_pos_mean=neg + pos_minus_neg, cos_neg_mean=neg)
+
+
+@pytest.mark.parametrize(("run", "status"), [(overlap_run(0.02, -1e-4), V.REPRODUCED),
+                                             (overlap_run(0.02, 1e-4), V.PARTLY),
+                                             (overlap_run(-0.02, 1e-4), V.NOT_REPRODUCED)])
+def test_mean_overlap_verdict_flips(run, status):
+    assert V.mean_overlap_figure("Figure B.2.3", "claim", {"run": run}, LEVEL).status == status
+
+
+def extreme_run(top_minus_min: float, top_slope: float, early_drop: float, n: int = 100) -> RunResult:
+    t = np.arange(n)
+    low = 0.1 + early_drop * (t < 25) + 0.005 * ar1(n, 0.3, 1)
+    return series_run(cos_top=0.1 + top_minus_min + top_slope * t + 0.005 * ar1(n, 0.3, 2), cos_min=low)
+
+
+@pytest.mark.parametrize(("run", "status"), [(extreme_run(0.2, 1e-3, 0.05), V.REPRODUCED),
+                                             (extreme_run(0.2, -1e-3, 0.0), V.PARTLY),
+                                             (extreme_run(-0.3, -1e-3, -0.05), V.NOT_REPRODUCED)])
+def test_extreme_overlap_verdict_flips(run, status):
+    j = V.extreme_overlap_figure("Figure B.2.4", "claim", {"run": run}, LEVEL)
+    assert j.status == status, j.reason
