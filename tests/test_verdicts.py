@@ -216,3 +216,90 @@ def extreme_run(top_minus_min: float, top_slope: float, early_drop: float, n: in
 def test_extreme_overlap_verdict_flips(run, status):
     j = V.extreme_overlap_figure("Figure B.2.4", "claim", {"run": run}, LEVEL)
     assert j.status == status, j.reason
+
+
+# ---------------------------------------------------------------------------------------------- main text
+def start_run(final: float, start: int) -> RunResult:
+    r = run(final)
+    return RunResult(RunConfig(steps=STEPS, optimizer="cgd", prune_start=start), r.metrics, steps_done=STEPS)
+
+
+@pytest.mark.parametrize(("finals", "status"), [((0.9, 0.8, 0.7, 0.6), V.REPRODUCED),
+                                                ((0.9, 0.8, 0.82, 0.86), V.PARTLY),
+                                                ((0.5, 0.6, 0.7, 0.8), V.NOT_REPRODUCED)])
+def test_pruning_start_verdict_flips(finals, status):
+    results = {"sgd": run(finals[0]), "late": start_run(finals[1], 300), "mid": start_run(finals[2], 200),
+               "early": start_run(finals[3], 100)}
+    j = V.pruning_start_figure(results, WINDOW, TH)
+    assert j.status == status, j.reason
+    assert [c.name for c in j.checks][:3] == ["SGD > from step 300", "from step 300 > from step 200",
+                                             "from step 200 > from step 100"]
+
+
+def distance_run(curves: np.ndarray, every: int = 5) -> RunResult:
+    """A perturbation run whose five strategy distances are the columns of ``curves``."""
+    steps = np.arange(curves.shape[0]) * every
+    return RunResult(RunConfig(steps=int(steps[-1])), {"distance": curves, "distance__step": steps},
+                     steps_done=int(steps[-1]))
+
+
+def ordered_curves(n: int = 41, swap_before_end: bool = False) -> np.ndarray:
+    t = np.arange(n)[:, None]
+    rates = np.array([0.05, 0.03, 0.02, 0.01, 0.0])  # max chaotic > chaotic > random > non-chaotic > max non-chaotic
+    curves = 0.1 * np.exp(rates * t)
+    if swap_before_end:  # wrong order everywhere except at the last step, where L_T chose the directions
+        curves[:-1] = curves[:-1, ::-1]
+    return curves
+
+
+@pytest.mark.parametrize(("swapped", "status"), [((False, False), V.REPRODUCED), ((False, True), V.PARTLY),
+                                                 ((True, True), V.NOT_REPRODUCED)])
+def test_strategy_order_is_judged_before_the_final_step(swapped, status):
+    results = {name: distance_run(ordered_curves(swap_before_end=s)) for name, s in zip(("A", "B"), swapped,
+                                                                                        strict=True)}
+    j = V.strategy_order_figure(results)
+    assert j.status == status, j.reason
+    if all(swapped):
+        assert "MPD at T = 200: 0 (by construction)" in j.measured  # right at T, wrong before: not reproduced
+
+
+def test_strategy_order_not_testable_without_steps_before_t():
+    two = distance_run(ordered_curves(2))
+    assert V.strategy_order_figure({"A": two}).status == V.NOT_TESTABLE
+
+
+def test_centred_r2_needs_more_than_the_mean():
+    t = np.arange(1, 50, dtype=float)
+    eps = 0.1
+    exact = np.sqrt(eps**2 + 0.02 * t + 0.001 * t**2)
+    assert V.centred_r2(t, exact, eps) == pytest.approx(1.0)
+    assert V.centred_r2(t, exact, eps, "walk") < 0.99  # the t^2 term matters
+    flat = np.sqrt(eps**2 + 1.0 + 0.01 * np.sin(t))  # a constant offset: the uncentred R^2 would look good
+    assert V.centred_r2(t, flat, eps) < 0.5
+
+
+def stage1_run(lmax: float, lmin: float, tangent_steps=(50, 100, 150, 200)) -> RunResult:
+    steps = np.asarray(tangent_steps)
+    return RunResult(RunConfig(steps=int(steps[-1])), {"ftle_max": np.full(len(steps), lmax), "ftle_max__step": steps,
+                                                       "ftle_min": np.full(len(steps), lmin),
+                                                       "ftle_min__step": steps}, steps_done=int(steps[-1]))
+
+
+def fit_curves(lmax: float, n: int = 41, every: int = 5, eps: float = 0.1) -> np.ndarray:
+    """Distances that follow sqrt(eps^2 + a t + b t^2) (random, chaotic) and eps exp(t lmax) (max chaotic)."""
+    t = np.arange(n)[:, None] * every
+    base = np.sqrt(eps**2 + 2e-4 * t + 1e-6 * t**2)
+    curves = np.repeat(base, 5, axis=1)
+    curves[:, 0] = eps * np.exp(lmax * t[:, 0])
+    return curves
+
+
+@pytest.mark.parametrize(("stage", "curves", "status"), [
+    ((0.01, -0.01), fit_curves(0.01), V.REPRODUCED),
+    ((0.01, -0.01), fit_curves(0.02), V.PARTLY),  # max chaotic grows e^2 faster than the bound
+    ((0.001, 0.0005), fit_curves(0.02) + 0.3 * np.sin(np.arange(41))[:, None] ** 2, V.NOT_REPRODUCED),
+])
+def test_distance_fit_verdict_flips(stage, curves, status):
+    th = load_profile("quick")["verdicts"]["distances"]
+    j = V.distance_fit_figure(distance_run(curves), stage1_run(*stage), 0.1, th)
+    assert j.status == status, j.reason
