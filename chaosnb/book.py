@@ -359,9 +359,11 @@ async () => {
       text: a.textContent.trim().slice(0, 60)}));
   const unresolved = [...document.querySelectorAll(".xref")].filter(el => !el.closest("a"))
       .map(el => el.textContent.trim().slice(0, 80));
+  const unlinked_rows = [...document.querySelectorAll("tr")].filter(tr => tr.querySelector(".verdict-badge")
+      && !tr.querySelector("a[href]")).map(tr => tr.textContent.trim().slice(0, 80));
   const ids = [...document.querySelectorAll("[id]")].map(el => el.id)
       .concat([...document.querySelectorAll("a[name]")].map(el => el.getAttribute("name")));
-  return {images, math, raw, links, unresolved, ids};
+  return {images, math, raw, links, unresolved, unlinked_rows, ids};
 }
 """
 
@@ -441,7 +443,8 @@ def check_pages(html_dir: str | os.PathLike, pages: list[Path] | None = None,
 
     A page is clean when it loads, logs no JavaScript error, every ``<img>`` has loaded (natural width > 0), every
     math element holds rendered MathJax and no raw ``$...$``, ``\\(...\\)`` or ``\\[...\\]`` is left in its text,
-    every internal link (file and ``#fragment``) resolves, no cross-reference is left unresolved, and the page
+    every internal link (file and ``#fragment``) resolves, no cross-reference is left unresolved, every row of a
+    verdict table (a row with a ``verdict-badge``) links to its figure, and the page
     made no request beyond ``file:``, ``data:`` and ``blob:`` URLs. With ``screenshots`` a full-page PNG of each
     page is saved there (same relative path, ``.png``)."""
     from playwright.sync_api import sync_playwright
@@ -495,6 +498,8 @@ def check_pages(html_dir: str | os.PathLike, pages: list[Path] | None = None,
             defects += [Defect(name, "math", f"not rendered: {m['text']}") for m in probe["math"] if not m["rendered"]]
             defects += [Defect(name, "math", f"raw math in text: {text}") for text in probe["raw"]]
             defects += [Defect(name, "link", f"unresolved cross-reference: {text}") for text in probe["unresolved"]]
+            defects += [Defect(name, "link", f"verdict row without a link to its figure: {text}")
+                        for text in probe["unlinked_rows"]]
             ids = set(probe["ids"])
             for link in probe["links"]:
                 why = check_link(link["href"], path, ids, cache)

@@ -200,7 +200,8 @@ def computed_by_line(figure: str, computed_by, data_file: str | None, verdicts=N
         raise ValueError(f"{figure}: name at least one chaosnb function in computed_by")
     verdicts = [figure] if verdicts is None else list(verdicts)
     parts = [f"**{figure}** computed by " + ", ".join(api_role(obj) for obj in computed_by)]
-    parts += [f"[verdict for {name}](#{verdict_anchor(name)})" for name in verdicts]
+    # raw HTML links: the verdict box's id is an HTML anchor (chaosnb.report.verdict_anchor), not a Sphinx label
+    parts += [f'<a href="#{verdict_anchor(name)}">verdict for {name}</a>' for name in verdicts]
     if data_file:
         parts.append(f"{{download}}`plotted numbers (CSV) <{data_file}>`")
     return ":::{container} computed-by\n" + " · ".join(parts) + "\n:::"
@@ -210,14 +211,15 @@ def show_figure(fig, figure: str, computed_by, verdicts=None, data: bool = True)
     """Show ``fig`` in the notebook, then its "computed by" line; with ``data`` its numbers go to a CSV first.
 
     The CSV is written to ``figdata/<figure slug>.csv`` next to the notebook (its working directory) and linked
-    with MyST's ``{download}`` role, so the HTML build copies it next to the page. Returns the CSV path."""
+    with MyST's ``{download}`` role, so the HTML build copies it next to the page. Returns the CSV path (None
+    when the figure plots no lines, points or bars)."""
     import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 
     from chaosnb.report import verdict_anchor
 
     data_file = None
-    if data:
+    if data and figure_data(fig):  # a figure of images only (the dataset samples) has no plotted numbers
         data_file = f"{FIGURE_DATA_DIR}/{verdict_anchor(figure).removeprefix('verdict-')}.csv"
         write_figure_data(fig, data_file)
     line = computed_by_line(figure, computed_by, data_file, verdicts)

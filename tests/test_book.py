@@ -144,7 +144,7 @@ def test_computed_by_line_links_functions_verdicts_and_data():
         api_role(len)
     line = computed_by_line("Figure C.4.1 (a)", ["chaosnb.analysis.tail_mean"], "figdata/x.csv", ["Figure C.4.1"])
     assert line.startswith(":::{container} computed-by\n") and line.endswith("\n:::")
-    assert "[verdict for Figure C.4.1](#verdict-figure-c-4-1)" in line
+    assert '<a href="#verdict-figure-c-4-1">verdict for Figure C.4.1</a>' in line
     assert "{download}`plotted numbers (CSV) <figdata/x.csv>`" in line
     assert "verdict for" not in computed_by_line("Dataset samples", ["chaosnb.data.load_dataset"], None, [])
     with pytest.raises(ValueError, match="at least one"):

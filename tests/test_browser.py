@@ -42,6 +42,8 @@ def site(tmp_path_factory):
     mathjax = _mathjax()
     (root / "good.html").write_text(PAGE.format(title="good", mathjax=mathjax, body=(
         '<h1 id="top">Good</h1><img src="fig.png" alt="figure">'
+        '<table><tr><td><span class="verdict-badge">partly</span></td><td><a href="other.html#part">page</a></td>'
+        '</tr></table>'
         '<p>Inline <span class="math notranslate nohighlight">\\(\\lambda_i = \\log|1 - \\gamma h_i|\\)</span>.</p>'
         '<div class="math notranslate nohighlight">\\[Y_{t+1} = (I - \\gamma H_t) Y_t\\]</div>'
         '<p><a href="other.html#part">other page</a> <a href="#top">top</a> '
@@ -56,6 +58,7 @@ def site(tmp_path_factory):
         '<a href="#gone">dead local anchor</a>'
         '<span class="xref py py-func">chaosnb.unresolved</span>'
         '<img src="https://cdn.example.com/remote.png" alt="remote">'
+        '<table><tr><td>Figure 9</td><td><span class="verdict-badge">reproduced</span></td></tr></table>'
         '<script>console.error("boom from the page")</script>')))
     # the book before this check: MathJax from a CDN, which an offline reader (and this check) cannot load
     (root / "cdn.html").write_text(PAGE.format(title="cdn", mathjax=CDN_MATHJAX, body=(
@@ -95,6 +98,7 @@ def test_broken_page_reports_every_defect(defects):
     assert "other.html#nothing ('dead anchor'): no element with id 'nothing'" in text
     assert "#gone ('dead local anchor'): no element with id 'gone'" in text
     assert "unresolved cross-reference: chaosnb.unresolved" in text
+    assert "verdict row without a link to its figure: Figure 9" in text
     assert "boom from the page" in text
     assert "blocked request to https://cdn.example.com/remote.png" in text
 
