@@ -30,6 +30,8 @@ class NotebookFailed(RuntimeError):
 
 @dataclass
 class NotebookResult:
+    """One executed notebook: its name, the wall time and the error (None when it ran through)."""
+
     name: str
     seconds: float
     error: str | None = None
@@ -64,6 +66,7 @@ def is_notebook(path: Path) -> bool:
 
 
 def source_file(root: Path, entry: str) -> Path:
+    """The source of a ``_toc.yml`` entry: ``<entry>.md`` or ``<entry>.ipynb``."""
     for suffix in (".md", ".ipynb"):
         if (root / f"{entry}{suffix}").exists():
             return root / f"{entry}{suffix}"
@@ -74,7 +77,8 @@ def stage(root: Path, staging: Path, keep: set[str] | None = None) -> list[Path]
     """Copy the book into ``staging``; notebooks become unexecuted ``.ipynb``. Returns the notebooks.
 
     Staged notebooks named in ``keep`` (stems) that already exist are left as they are, so a partial rebuild
-    (``--only``) keeps the executed outputs of the other pages."""
+    (``--only``) keeps the executed outputs of the other pages.
+    """
     import jupytext
 
     keep = keep or set()
@@ -160,8 +164,11 @@ PLUMBING_TAGS = ("parameters", "injected-parameters")
 
 
 def hide_plumbing(path: Path) -> int:
-    """Tag the ``parameters`` cell and papermill's injected-parameters cell ``remove-cell`` (kept in the notebook,
-    not shown in the HTML); returns how many cells were tagged now."""
+    """Tag the ``parameters`` and papermill's injected-parameters cells ``remove-cell``.
+
+    The cells stay in the notebook (papermill and nbval need them) but are not shown in the HTML. Returns how many
+    cells were tagged now.
+    """
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -275,8 +282,11 @@ _LITERAL = re.compile(r"(``.*?``|`[^`]*`)")
 
 
 def escape_bars(line: str) -> str:
-    """Escape ``|`` outside inline literals: docstrings write absolute values and norms as ``|x|``, which
-    reStructuredText would otherwise read as a substitution reference (an error in the build)."""
+    """Escape ``|`` outside inline literals.
+
+    Docstrings write absolute values and norms as ``|x|``, which reStructuredText would otherwise read as a
+    substitution reference (an error in the build).
+    """
     return "".join(part if _LITERAL.fullmatch(part) else part.replace("|", "\\|") for part in _LITERAL.split(line))
 
 
@@ -301,8 +311,11 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
 
 
 def _resolve_short_name(app, env, node, contnode):
-    """Resolve a bare ``Name`` left unresolved in a docstring (``:class:`Spectrum``` written in a module that only
-    imports it) to the one documented ``chaosnb`` object of that name, if exactly one exists."""
+    """Resolve a bare ``Name`` left unresolved in a docstring to the one ``chaosnb`` object of that name.
+
+    Example: ``:class:`Spectrum``` written in a module that only imports it. Nothing is returned (the reference
+    stays unresolved and the browser check reports it) unless exactly one documented object has that name.
+    """
     from sphinx.util.nodes import make_refnode
 
     if node.get("refdomain") != "py":
@@ -318,9 +331,13 @@ def _resolve_short_name(app, env, node, contnode):
 
 
 def setup(app) -> dict:
-    """Sphinx entry point: escape ``|`` in docstrings (:func:`escape_bars`) before autodoc renders them, and drop
-    repeated scripts from each page (sphinx-thebe's inline ``const THEBE_JS_URL`` is registered twice under
-    Jupyter Book, and the second copy is a JavaScript error in every reader's console)."""
+    """Sphinx entry point (``_config.yml`` lists ``chaosnb.book`` as an extension).
+
+    Escapes ``|`` in docstrings (:func:`escape_bars`) before autodoc renders them, resolves bare class names in
+    docstrings (``_resolve_short_name``), and drops repeated scripts from each page (sphinx-thebe's inline
+    ``const THEBE_JS_URL`` is registered twice under Jupyter Book, and the second copy is a JavaScript error in
+    every reader's console).
+    """
     app.connect("autodoc-process-docstring", _process_docstring)
     app.connect("html-page-context", _dedupe_scripts)
     app.connect("missing-reference", _resolve_short_name)
@@ -380,6 +397,7 @@ class Defect:
     detail: str
 
     def __str__(self) -> str:
+        """``page: kind: detail``, one line per defect in the check's report."""
         return f"{self.page}: {self.kind}: {self.detail}"
 
 
@@ -412,7 +430,8 @@ def _ids_of(path: Path, cache: dict) -> set[str]:
 def check_link(href: str, page: Path, page_ids: set[str], cache: dict) -> str | None:
     """Why an internal link of ``page`` (absolute ``file:`` URL as the browser resolved it) is dead, or None.
 
-    External links (http, https, mailto) are not followed: reading the book sends no request for them."""
+    External links (http, https, mailto) are not followed: reading the book sends no request for them.
+    """
     from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(href)
@@ -439,14 +458,15 @@ def check_link(href: str, page: Path, page_ids: set[str], cache: dict) -> str | 
 
 def check_pages(html_dir: str | os.PathLike, pages: list[Path] | None = None,
                 screenshots: str | os.PathLike | None = None, chromium: str = CHROMIUM) -> list[Defect]:
-    """Open each page in headless Chromium from ``file://`` with every other request blocked; list the defects.
+    r"""Open each page in headless Chromium from ``file://`` with every other request blocked; list the defects.
 
     A page is clean when it loads, logs no JavaScript error, every ``<img>`` has loaded (natural width > 0), every
-    math element holds rendered MathJax and no raw ``$...$``, ``\\(...\\)`` or ``\\[...\\]`` is left in its text,
+    math element holds rendered MathJax and no raw ``$...$``, ``\(...\)`` or ``\[...\]`` is left in its text,
     every internal link (file and ``#fragment``) resolves, no cross-reference is left unresolved, every row of a
     verdict table (a row with a ``verdict-badge``) links to its figure, and the page
     made no request beyond ``file:``, ``data:`` and ``blob:`` URLs. With ``screenshots`` a full-page PNG of each
-    page is saved there (same relative path, ``.png``)."""
+    page is saved there (same relative path, ``.png``).
+    """
     from playwright.sync_api import sync_playwright
 
     html_dir = Path(html_dir).resolve()

@@ -60,6 +60,7 @@ def mark_divergence(ax, step: int | None, color=None, label: str | None = None) 
 
 
 def label_axes(ax, xlabel: str = "training step", ylabel: str | None = None, title: str | None = None) -> None:
+    """Set the x label, and the y label and title when given."""
     ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
@@ -113,7 +114,8 @@ def figure_data(fig) -> list[tuple]:
     Lines (``plot``, ``axvline``...), scatter points (``scatter``) and bars (``bar``) of every visible panel are
     read back from the artists, so the file holds exactly what the figure shows. Unlabelled artists (the faint raw
     curves under a moving average) are named by their panel-local index. Images and contour sets carry no
-    per-point data here and are left out."""
+    per-point data here and are left out.
+    """
     from matplotlib.collections import PathCollection
     from matplotlib.patches import Rectangle
 
@@ -193,7 +195,8 @@ def api_role(obj) -> str:
 def computed_by_line(figure: str, computed_by, data_file: str | None, verdicts=None) -> str:
     """MyST text of the line under a figure: the functions that computed it, links to its verdicts, its data.
 
-    ``verdicts`` names the figures whose verdict boxes the line links to (default: ``[figure]``; empty: none)."""
+    ``verdicts`` names the figures whose verdict boxes the line links to (default: ``[figure]``; empty: none).
+    """
     from chaosnb.report import verdict_anchor
 
     if not computed_by:
@@ -212,7 +215,8 @@ def show_figure(fig, figure: str, computed_by, verdicts=None, data: bool = True)
 
     The CSV is written to ``figdata/<figure slug>.csv`` next to the notebook (its working directory) and linked
     with MyST's ``{download}`` role, so the HTML build copies it next to the page. Returns the CSV path (None
-    when the figure plots no lines, points or bars)."""
+    when the figure plots no lines, points or bars).
+    """
     import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 

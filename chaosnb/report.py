@@ -32,6 +32,8 @@ def verdict_anchor(figure: str) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
+    """One figure's verdict: the paper's claim, what was measured, the status and why, at a profile, on a page."""
+
     figure: str
     claim: str
     measured: str
@@ -48,6 +50,7 @@ class Verdict:
 
 
 def verdict_dir() -> Path | None:
+    """The folder the verdicts are stored in (``$CHAOSNB_VERDICTS``), or None when it is not set."""
     env = os.environ.get(VERDICTS_ENV)
     return Path(env) if env else None
 
@@ -130,9 +133,11 @@ class GluedText:
     """Text glued into a page as itself: a plain ``str`` would be shown with its repr quotes ('0.616')."""
 
     def __init__(self, text: str) -> None:
+        """Keep ``text`` to be shown as it is."""
         self.text = text
 
     def __repr__(self) -> str:
+        """The text itself, without quotes."""
         return self.text
 
 
