@@ -378,9 +378,15 @@ async () => {
       .map(el => el.textContent.trim().slice(0, 80));
   const unlinked_rows = [...document.querySelectorAll("tr")].filter(tr => tr.querySelector(".verdict-badge")
       && !tr.querySelector("a[href]")).map(tr => tr.textContent.trim().slice(0, 80));
+  // every figure a notebook cell drew must be followed by its "computed by" line before the next figure
+  const marks = [...document.querySelectorAll(".cell_output img, .computed-by")];
+  const uncredited = marks.filter((el, i) => el.tagName === "IMG" && !(marks[i + 1] &&
+      marks[i + 1].classList.contains("computed-by"))).map(img => img.getAttribute("src") || "");
+  const credits_without_api_link = [...document.querySelectorAll(".computed-by")]
+      .filter(el => !el.querySelector('a[href*="api.html#"]')).map(el => el.textContent.trim().slice(0, 80));
   const ids = [...document.querySelectorAll("[id]")].map(el => el.id)
       .concat([...document.querySelectorAll("a[name]")].map(el => el.getAttribute("name")));
-  return {images, math, raw, links, unresolved, unlinked_rows, ids};
+  return {images, math, raw, links, unresolved, unlinked_rows, uncredited, credits_without_api_link, ids};
 }
 """
 
@@ -390,7 +396,7 @@ _REFRESH = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["']\d+;\
 
 @dataclass(frozen=True)
 class Defect:
-    """One thing a reader would see broken on a page: ``kind`` is load, console, image, math, link or request."""
+    """A defect a reader would see on a page; ``kind``: load, console, image, math, link, figure or request."""
 
     page: str
     kind: str
@@ -463,7 +469,8 @@ def check_pages(html_dir: str | os.PathLike, pages: list[Path] | None = None,
     A page is clean when it loads, logs no JavaScript error, every ``<img>`` has loaded (natural width > 0), every
     math element holds rendered MathJax and no raw ``$...$``, ``\(...\)`` or ``\[...\]`` is left in its text,
     every internal link (file and ``#fragment``) resolves, no cross-reference is left unresolved, every row of a
-    verdict table (a row with a ``verdict-badge``) links to its figure, and the page
+    verdict table (a row with a ``verdict-badge``) links to its figure, every figure drawn by a notebook cell is
+    followed by its ``computed-by`` line and each such line links to the API page, and the page
     made no request beyond ``file:``, ``data:`` and ``blob:`` URLs. With ``screenshots`` a full-page PNG of each
     page is saved there (same relative path, ``.png``).
     """
@@ -520,6 +527,10 @@ def check_pages(html_dir: str | os.PathLike, pages: list[Path] | None = None,
             defects += [Defect(name, "link", f"unresolved cross-reference: {text}") for text in probe["unresolved"]]
             defects += [Defect(name, "link", f"verdict row without a link to its figure: {text}")
                         for text in probe["unlinked_rows"]]
+            defects += [Defect(name, "figure", f"no 'computed by' line under the figure {src}")
+                        for src in probe["uncredited"]]
+            defects += [Defect(name, "figure", f"'computed by' line without a link to the API page: {text}")
+                        for text in probe["credits_without_api_link"]]
             ids = set(probe["ids"])
             for link in probe["links"]:
                 why = check_link(link["href"], path, ids, cache)

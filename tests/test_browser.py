@@ -43,13 +43,15 @@ def site(tmp_path_factory):
     (root / "good.html").write_text(PAGE.format(title="good", mathjax=mathjax, body=(
         '<h1 id="top">Good</h1><img src="fig.png" alt="figure">'
         '<table><tr><td><span class="verdict-badge">partly</span></td><td><a href="other.html#part">page</a></td>'
-        '</tr></table>'
+        '</tr></table><div class="cell_output"><img src="fig.png" alt="plot"></div>'
+        '<div class="computed-by">computed by <a href="api.html#chaosnb.f">f</a></div>'
         '<p>Inline <span class="math notranslate nohighlight">\\(\\lambda_i = \\log|1 - \\gamma h_i|\\)</span>.</p>'
         '<div class="math notranslate nohighlight">\\[Y_{t+1} = (I - \\gamma H_t) Y_t\\]</div>'
         '<p><a href="other.html#part">other page</a> <a href="#top">top</a> '
         '<a href="https://example.org/paper">paper (external, not followed)</a></p>'
         '<pre>code may hold $x$ and \\(y\\)</pre>')))
     (root / "other.html").write_text(PAGE.format(title="other", mathjax=mathjax, body='<p id="part">part</p>'))
+    (root / "api.html").write_text(PAGE.format(title="api", mathjax=mathjax, body='<dt id="chaosnb.f">f()</dt>'))
     (root / "bad.html").write_text(PAGE.format(title="bad", mathjax=mathjax, body=(
         '<img src="missing.png" alt="broken figure">'
         '<p>raw dollar math $a + b$ left in the text</p>'
@@ -58,6 +60,8 @@ def site(tmp_path_factory):
         '<a href="#gone">dead local anchor</a>'
         '<span class="xref py py-func">chaosnb.unresolved</span>'
         '<img src="https://cdn.example.com/remote.png" alt="remote">'
+        '<div class="cell_output"><img src="fig.png" alt="plot without credit"></div>'
+        '<div class="cell_output"><img src="fig.png" alt="plot"></div><div class="computed-by">computed by f</div>'
         '<table><tr><td>Figure 9</td><td><span class="verdict-badge">reproduced</span></td></tr></table>'
         '<script>console.error("boom from the page")</script>')))
     # the book before this check: MathJax from a CDN, which an offline reader (and this check) cannot load
@@ -82,13 +86,14 @@ def _of(defects, page):
 def test_clean_page_passes(defects):
     found, _ = defects
     assert _of(found, "good.html") == [] and _of(found, "other.html") == [] and _of(found, "index.html") == []
+    assert _of(found, "api.html") == []
 
 
 def test_broken_page_reports_every_defect(defects):
     found, _ = defects
     bad = _of(found, "bad.html")
     kinds = {d.kind for d in bad}
-    assert kinds == {"image", "math", "link", "console", "request"}
+    assert kinds == {"image", "math", "link", "console", "request", "figure"}
     text = "\n".join(str(d) for d in bad)
     assert "not loaded: missing.png" in text
     assert "not loaded: https://cdn.example.com/remote.png" in text
@@ -99,6 +104,8 @@ def test_broken_page_reports_every_defect(defects):
     assert "#gone ('dead local anchor'): no element with id 'gone'" in text
     assert "unresolved cross-reference: chaosnb.unresolved" in text
     assert "verdict row without a link to its figure: Figure 9" in text
+    assert text.count("no 'computed by' line under the figure fig.png") == 1
+    assert "'computed by' line without a link to the API page: computed by f" in text
     assert "boom from the page" in text
     assert "blocked request to https://cdn.example.com/remote.png" in text
 
