@@ -34,7 +34,7 @@ test: lint unit book-smoke browser nbval
 
 # headless Chromium for the browser check (driven by Playwright for Python, which uses this binary)
 chromium:
-	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; }
 
 lint: venv
 	$(BIN)/ruff check .
