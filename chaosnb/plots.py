@@ -60,6 +60,7 @@ def mark_divergence(ax, step: int | None, color=None, label: str | None = None) 
 
 
 def label_axes(ax, xlabel: str = "training step", ylabel: str | None = None, title: str | None = None) -> None:
+    """Set the x label, and the y label and title when given."""
     ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
@@ -98,3 +99,134 @@ def log_step_axis(ax) -> None:
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Under each figure: its numbers as a CSV file and a "computed by" line (functions, verdict, data download)
+
+FIGURE_DATA_DIR = "figdata"
+FIGURE_DATA_COLUMNS = ("panel", "panel_title", "xlabel", "ylabel", "series", "kind", "x", "y")
+
+
+def figure_data(fig) -> list[tuple]:
+    """Every plotted number of ``fig`` in long form, one row per point (columns ``FIGURE_DATA_COLUMNS``).
+
+    Lines (``plot``, ``axvline``...), scatter points (``scatter``) and bars (``bar``) of every visible panel are
+    read back from the artists, so the file holds exactly what the figure shows. Unlabelled artists (the faint raw
+    curves under a moving average) are named by their panel-local index. Images and contour sets carry no
+    per-point data here and are left out.
+    """
+    from matplotlib.collections import PathCollection
+    from matplotlib.patches import Rectangle
+
+    rows = []
+    for panel, ax in enumerate(a for a in fig.axes if a.get_visible()):
+        meta = (panel, ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+
+        def name(artist, i, kind):
+            label = artist.get_label()
+            return label if label and not label.startswith("_") else f"unlabelled {kind} {i}"
+
+        for i, line in enumerate(ax.get_lines()):
+            for x, y in np.asarray(line.get_xydata(), dtype=np.float64).reshape(-1, 2):
+                rows.append((*meta, name(line, i, "line"), "line", x, y))
+        for i, coll in enumerate(c for c in ax.collections if isinstance(c, PathCollection)):
+            for x, y in np.asarray(coll.get_offsets(), dtype=np.float64).reshape(-1, 2):
+                rows.append((*meta, name(coll, i, "points"), "scatter", x, y))
+        for i, container in enumerate(ax.containers):
+            bars = [p for p in container if isinstance(p, Rectangle)]
+            for bar in bars:
+                rows.append((*meta, name(container, i, "bars"), "bar", bar.get_x() + bar.get_width() / 2,
+                             bar.get_height()))
+    return rows
+
+
+def write_figure_data(fig, path) -> int:
+    """Write :func:`figure_data` of ``fig`` as CSV to ``path`` (folders created); returns the number of rows."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = figure_data(fig)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FIGURE_DATA_COLUMNS)
+        writer.writerows((*row[:6], repr(float(row[6])), repr(float(row[7]))) for row in rows)
+    return len(rows)
+
+
+def resolve_api_name(name: str):
+    """The ``chaosnb`` object named by a dotted path (``"chaosnb.cgd.CGD"``); a clear error if there is none."""
+    import importlib
+
+    if not name.startswith("chaosnb"):
+        raise ValueError(f"computed_by names chaosnb objects by their dotted path; got {name!r}")
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                raise ValueError(f"{name!r}: {'.'.join(parts[:cut])} has no attribute {attr!r}")
+            obj = getattr(obj, attr)
+        return obj
+    raise ValueError(f"{name!r}: no such module")
+
+
+def api_role(obj) -> str:
+    """A MyST cross-reference to ``obj`` (a function, class, method or module, or its dotted path) on the API page."""
+    import inspect
+
+    if isinstance(obj, str):
+        obj = resolve_api_name(obj)
+    if inspect.ismodule(obj):
+        return f"{{py:mod}}`{obj.__name__}`"
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or not module.startswith("chaosnb"):
+        raise ValueError(f"computed_by takes chaosnb functions, classes or modules; got {obj!r}")
+    role = "py:class" if inspect.isclass(obj) else ("py:meth" if "." in qualname else "py:func")
+    return f"{{{role}}}`~{module}.{qualname}`"
+
+
+def computed_by_line(figure: str, computed_by, data_file: str | None, verdicts=None) -> str:
+    """MyST text of the line under a figure: the functions that computed it, links to its verdicts, its data.
+
+    ``verdicts`` names the figures whose verdict boxes the line links to (default: ``[figure]``; empty: none).
+    """
+    from chaosnb.report import verdict_anchor
+
+    if not computed_by:
+        raise ValueError(f"{figure}: name at least one chaosnb function in computed_by")
+    verdicts = [figure] if verdicts is None else list(verdicts)
+    parts = [f"**{figure}** computed by " + ", ".join(api_role(obj) for obj in computed_by)]
+    # raw HTML links: the verdict box's id is an HTML anchor (chaosnb.report.verdict_anchor), not a Sphinx label
+    parts += [f'<a href="#{verdict_anchor(name)}">verdict for {name}</a>' for name in verdicts]
+    if data_file:
+        parts.append(f"{{download}}`plotted numbers (CSV) <{data_file}>`")
+    return ":::{container} computed-by\n" + " · ".join(parts) + "\n:::"
+
+
+def show_figure(fig, figure: str, computed_by, verdicts=None, data: bool = True) -> str | None:
+    """Show ``fig`` in the notebook, then its "computed by" line; with ``data`` its numbers go to a CSV first.
+
+    The CSV is written to ``figdata/<figure slug>.csv`` next to the notebook (its working directory) and linked
+    with MyST's ``{download}`` role, so the HTML build copies it next to the page. Returns the CSV path (None
+    when the figure plots no lines, points or bars).
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    from chaosnb.report import verdict_anchor
+
+    data_file = None
+    if data and figure_data(fig):  # a figure of images only (the dataset samples) has no plotted numbers
+        data_file = f"{FIGURE_DATA_DIR}/{verdict_anchor(figure).removeprefix('verdict-')}.csv"
+        write_figure_data(fig, data_file)
+    line = computed_by_line(figure, computed_by, data_file, verdicts)
+    plt.show()
+    display(Markdown(line))
+    return data_file

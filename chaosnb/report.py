@@ -14,12 +14,27 @@ from pathlib import Path
 
 STATUSES = ("reproduced", "partly", "not reproduced", "not testable at this profile")
 VERDICTS_ENV = "CHAOSNB_VERDICTS"
-_BADGE = {"reproduced": "✅ reproduced", "partly": "🟡 partly reproduced", "not reproduced": "❌ not reproduced",
-          "not testable at this profile": "⚪ not testable at this profile"}
+# verdicts are shown as text in a coloured box (book/_static/chaosnb.css): readable with any font, no emoji needed
+_BADGE_TEXT = {"reproduced": "reproduced", "partly": "partly reproduced", "not reproduced": "not reproduced",
+               "not testable at this profile": "not testable at this profile"}
+
+
+def badge(status: str) -> str:
+    """Inline HTML for a verdict status: its words in a box coloured by the CSS class ``verdict-<status>``."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown verdict status {status!r}; valid: {', '.join(STATUSES)}")
+    return f'<span class="verdict-badge verdict-{status.replace(" ", "-")}">{_BADGE_TEXT[status]}</span>'
+
+
+def verdict_anchor(figure: str) -> str:
+    """HTML id of a figure's verdict box (``Figure B.1.3`` -> ``verdict-figure-b-1-3``), linked from the front page."""
+    return "verdict-" + _slug(figure).replace("_", "-")
 
 
 @dataclass(frozen=True)
 class Verdict:
+    """One figure's verdict: the paper's claim, what was measured, the status and why, at a profile, on a page."""
+
     figure: str
     claim: str
     measured: str
@@ -29,11 +44,14 @@ class Verdict:
     page: str
 
     def markdown(self) -> str:
-        return (f"**Verdict for {self.figure} at profile `{self.profile}`: {_BADGE[self.status]}.**\n\n"
+        """The verdict box of a page: an anchor, the badge, the paper's claim, the measurement and the criterion."""
+        return (f'<span id="{verdict_anchor(self.figure)}"></span>**Verdict for {self.figure} at profile '
+                f"`{self.profile}`:** {badge(self.status)}\n\n"
                 f"- *Paper:* {self.claim}\n- *Measured here:* {self.measured}\n- *Why:* {self.reason}")
 
 
 def verdict_dir() -> Path | None:
+    """The folder the verdicts are stored in (``$CHAOSNB_VERDICTS``), or None when it is not set."""
     env = os.environ.get(VERDICTS_ENV)
     return Path(env) if env else None
 
@@ -83,13 +101,14 @@ def _natural(text: str) -> list:
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    """HTML table: figure, claim, verdict, profile, link to the page that shows it."""
+    """HTML table: figure, claim, verdict, profile, link to the verdict box on the page that shows it."""
     from html import escape
 
     head = "<tr><th>figure</th><th>claim of the paper</th><th>verdict</th><th>profile</th><th>page</th></tr>"
-    rows = [f"<tr><td>{escape(v.figure)}</td><td>{escape(v.claim)}</td><td>{_BADGE[v.status]}</td>"
-            f"<td><code>{escape(v.profile)}</code></td><td><a href=\"{escape(v.page)}.html\">{escape(v.page)}</a>"
-            "</td></tr>" for v in verdicts]
+    rows = [f"<tr><td>{escape(v.figure)}</td><td>{escape(v.claim)}</td><td>{badge(v.status)}</td>"
+            f"<td><code>{escape(v.profile)}</code></td>"
+            f"<td><a href=\"{escape(v.page)}.html#{verdict_anchor(v.figure)}\">{escape(v.page)}</a></td></tr>"
+            for v in verdicts]
     return f"<table class=\"table\">{head}{''.join(rows)}</table>"
 
 
@@ -121,9 +140,11 @@ class GluedText:
     """Text glued into a page as itself: a plain ``str`` would be shown with its repr quotes ('0.616')."""
 
     def __init__(self, text: str) -> None:
+        """Keep ``text`` to be shown as it is."""
         self.text = text
 
     def __repr__(self) -> str:
+        """The text itself, without quotes."""
         return self.text
 
 
