@@ -1,0 +1,1 @@
+"""Tests of the chaosnb package (pytest) and of the book (nbval, browser check)."""

@@ -1,3 +1,5 @@
+"""Datasets as the paper prepares them (sizes, statistics, normalisation) and the seeded batch sampler."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,3 +1,5 @@
+"""Theorems A.8-A.10: initialisation distances, random walks and distance fits against Monte Carlo."""
+
 import math
 
 import numpy as np

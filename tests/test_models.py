@@ -1,3 +1,5 @@
+"""The paper's MLP and CNN: parameter counts, seeded initialisation, the flat-parameter view."""
+
 import pytest
 import torch
 from torch.func import grad

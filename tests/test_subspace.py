@@ -1,3 +1,5 @@
+"""The subspace-overlap metric (Theorem A.11) and its random baseline (eq. 65)."""
+
 import numpy as np
 import pytest
 import scipy.linalg

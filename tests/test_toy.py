@@ -1,3 +1,5 @@
+"""The toy surface of Figure B.3.1 and SGD on it."""
+
 import math
 
 import numpy as np
