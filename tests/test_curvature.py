@@ -239,8 +239,10 @@ def test_input_subspace_of_the_mlp_holds_every_hessian_column():
     sub = curvature.input_subspace(flat, x)
     assert sub is not None and sub.dim == flat.num_params - 5 * (6 - 3)
     h = reference_hessian(flat.loss_fn(x, y), theta)
-    assert sub.outside(h) <= 1e-13 * float(h.norm())
-    assert torch.allclose(sub.up(sub.down(h)), h, atol=1e-14)
+    coords, outside = sub.down_checked(h)
+    assert outside <= 1e-13 * float(h.norm()) and torch.equal(coords, sub.down(h))
+    assert torch.allclose(sub.up(coords), h, atol=1e-14)
+    assert sub.down_checked(torch.randn(h.shape, dtype=h.dtype))[1] > 1.0  # a generic vector is not in range(P)
     assert curvature.input_subspace(*tiny_case("cnn-relu")[::3][:1], x) is None  # no Linear first layer
 
 
@@ -287,6 +289,12 @@ def test_bad_sketch_arguments_are_clear_errors():
         other = tiny_case("mlp-relu", batch=2)
         hessian_spectrum(flat.loss_fn(x, y), theta[:-1], method="lowrank",
                          subspace=curvature.input_subspace(other[0], other[2]))
+
+
+def test_non_finite_products_are_divergence():
+    theta = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(curvature.HessianDiverged, match="non-finite"):
+        hessian_spectrum(lambda th: (th**2).sum() * float("nan"), theta, method="lowrank", block=2, spare=0)
 
 
 def test_zero_hessian_gives_an_empty_exact_spectrum():
