@@ -129,16 +129,24 @@ def absolute_path_variables(names: tuple[str, ...] = ("CHAOSNB_DATA", "CHAOSNB_R
             os.environ[name] = str(Path(value).expanduser().resolve())
 
 
-def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
-    """Compute every run of the experiment catalogue at this profile (parallel, cached)."""
+def precompute(profile: str, overrides: dict | None, jobs: int, scheduler: str | None = None) -> None:
+    """Compute every run of the experiment catalogue at this profile (cached), on a Dask cluster: the one at
+    ``scheduler`` (default ``$CHAOSNB_SCHEDULER``), else a local one of ``jobs`` processes (``jobs=1``: in
+    this process; see :func:`chaosnb.runs.sweep`). Failed runs are listed with their hash and message; the
+    others go on."""
+    from chaosnb.cluster import describe, scheduler_address
     from chaosnb.experiments import all_configs, load_profile
     from chaosnb.runs import is_done, sweep
 
+    address = scheduler_address(scheduler)
     configs = [c for c in all_configs(load_profile(profile, overrides)) if not is_done(c)]
-    print(f"precomputing {len(configs)} run(s) with {jobs} process(es)", flush=True)
+    jobs = max(1, min(jobs, len(configs)))
+    where = "this process" if address is None and jobs == 1 else describe(address, jobs)
+    print(f"precomputing {len(configs)} run(s) on {where}", flush=True)
     start = time.time()
     if configs:
-        for run_hash, status, _ in sweep(configs, jobs=jobs, progress=False, runs_bar=True):
+        rows = sweep(configs, jobs=jobs, progress=False, runs_bar=True, scheduler=address)
+        for run_hash, status, _ in rows:
             if status.startswith("error"):
                 print(f"  run {run_hash} failed: {status}", flush=True)
     print(f"  runs ready in {time.time() - start:.1f} s", flush=True)

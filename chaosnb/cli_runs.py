@@ -93,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = _configs(args)
     if configs is None:
         return 2
-    rows = sweep(configs, jobs=args.jobs, progress=not args.quiet)
+    rows = sweep(configs, jobs=args.jobs, progress=not args.quiet, scheduler=args.scheduler)
     for run_hash, status, wall in rows:
         print(f"{run_hash}  {status:<8} {wall:8.1f} s")
     return 0
@@ -126,6 +126,9 @@ def add_subcommands(sub) -> None:
     sw.add_argument("config", help="YAML/JSON file with a list of configurations (or 'runs:' + 'defaults:')")
     sw.add_argument("--jobs", type=int, default=None, help="parallel processes (default: number of cores)")
     sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="Dask scheduler to submit the runs to, e.g. tcp://10.0.0.5:8786 (default: $CHAOSNB_SCHEDULER; "
+                         "unset: a local Dask cluster of --jobs processes)")
     add_config_flags(sw)
     sw.set_defaults(func=cmd_sweep, config_positional=True)
     runs = sub.add_parser("runs", help="list the results store")
