@@ -1,4 +1,4 @@
-"""The ``chaosnb`` command line: ``info``, ``run``, ``sweep``, ``runs``, ``book``."""
+"""The ``chaosnb`` command line: ``info``, ``run``, ``sweep``, ``runs``, ``book``, ``plan``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import platform
 import sys
 
-from chaosnb import cli_runs
+from chaosnb import cli_runs, plan
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not compute the catalogue's runs up front (notebooks compute what they miss)")
     book.set_defaults(func=cmd_book)
     cli_runs.add_subcommands(sub)
+    plan.add_subcommand(sub)
     return parser
 
 
