@@ -82,19 +82,37 @@ def connect(scheduler: str | None, jobs: int) -> Iterator:
         finally:
             client.close()
         return
-    settings = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
+    # Each periodic callback of a worker takes the GIL from the run's thread: the statistical profiler (every
+    # 10 ms), the event-loop tick (20 ms), the memory (100 ms) and system (500 ms) monitors. On 2 loaded cores
+    # they made the pure-Python parts of a run (the USPS parser) 2.4x slower than in a forked ProcessPool
+    # worker; 1.2x with these settings.
+    settings = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+                "distributed.worker.memory.monitor-interval": "1s",
+                "distributed.admin.system-monitor.interval": "2s"}
     if "fork" in multiprocessing.get_all_start_methods():
         # forked workers start with this process's imports (as the ProcessPoolExecutor before them did); spawned
         # ones import torch again each, 10-25 s on 2 loaded cores, which dominated sweeps of cheap runs
         settings["distributed.worker.multiprocessing-method"] = "fork"
     with dask.config.set(settings):
+        # everything on loopback; the HTTP server on a free port (8787 may be taken by another cluster)
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     try:
         with Client(cluster, set_as_default=False) as client:
             yield client
     finally:
         cluster.close()
+
+
+def preload_datasets(names: set[str]) -> None:
+    """Load these datasets into this process (``data.load_dataset`` caches them), so that workers forked from
+    it start with them; a dataset that does not load is left to the runs, which report the error."""
+    from chaosnb.data import load_dataset
+
+    for name in sorted(names):
+        with contextlib.suppress(Exception):
+            load_dataset(name)
 
 
 def _task(payload: tuple, *after: Row) -> Row:

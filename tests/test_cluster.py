@@ -111,6 +111,15 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     assert cluster.scheduler_address(" tcp://127.0.0.1:8786 ") == "tcp://127.0.0.1:8786"
 
 
+def test_task_keys_name_the_run_and_the_store():
+    """Two clients asking one scheduler for the same run in the same store share a task; the same run in
+    another store is another task."""
+    other = dataclasses.replace(MLP, seed=MLP.seed + 1)
+    assert cluster.task_key(MLP, "/a") == cluster.task_key(MLP, "/a")
+    assert MLP.run_hash() in cluster.task_key(MLP, "/a")
+    assert len({cluster.task_key(MLP, "/a"), cluster.task_key(MLP, "/b"), cluster.task_key(other, "/a")}) == 3
+
+
 # ---------------------------------------------------------------------------------------------- worker killed
 # Loaded by each `dask worker` (--preload): every step sleeps 5 ms, so that a cheap run is still running
 # when its worker is killed, and every resume from a checkpoint is logged as "<pid> <hash> <step>".
@@ -143,7 +152,7 @@ def _holder_of(lock: Path, pids: list[int]) -> int | None:
     for pid in pids:
         with_fds = Path(f"/proc/{pid}/fd")
         try:
-            if any(os.readlink(fd) == str(lock) for fd in with_fds.iterdir()):
+            if any(os.readlink(fd) == str(lock.resolve()) for fd in with_fds.iterdir()):
                 return pid
         except (FileNotFoundError, PermissionError, ProcessLookupError):
             continue
