@@ -191,16 +191,24 @@ def absolute_path_variables(names: tuple[str, ...] = ("CHAOSNB_DATA", "CHAOSNB_R
             os.environ[name] = str(Path(value).expanduser().resolve())
 
 
-def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
-    """Compute every run of the experiment catalogue at this profile (parallel, cached)."""
+def precompute(profile: str, overrides: dict | None, jobs: int, scheduler: str | None = None) -> None:
+    """Compute every run of the experiment catalogue at this profile (cached), on a Dask cluster: the one at
+    ``scheduler`` (default ``$CHAOSNB_SCHEDULER``), else a local one of ``jobs`` processes (``jobs=1``: in
+    this process; see :func:`chaosnb.runs.sweep`). Failed runs are listed with their hash and message; the
+    others go on."""
+    from chaosnb.cluster import describe, scheduler_address
     from chaosnb.experiments import all_configs, load_profile
     from chaosnb.runs import is_done, sweep
 
+    address = scheduler_address(scheduler)
     configs = [c for c in all_configs(load_profile(profile, overrides)) if not is_done(c)]
-    print(f"precomputing {len(configs)} run(s) with {jobs} process(es)", flush=True)
+    jobs = max(1, min(jobs, len(configs)))
+    where = "this process" if address is None and jobs == 1 else describe(address, jobs)
+    print(f"precomputing {len(configs)} run(s) on {where}", flush=True)
     start = time.time()
     if configs:
-        for run_hash, status, _ in sweep(configs, jobs=jobs, progress=False, runs_bar=True):
+        rows = sweep(configs, jobs=jobs, progress=False, runs_bar=True, scheduler=address)
+        for run_hash, status, _ in rows:
             if status.startswith("error"):
                 print(f"  run {run_hash} failed: {status}", flush=True)
     print(f"  runs ready in {time.time() - start:.1f} s", flush=True)
@@ -208,7 +216,7 @@ def precompute(profile: str, overrides: dict | None, jobs: int) -> None:
 
 def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, only: list[str] | None = None,
           parameters: dict | None = None, jobs: int | None = None, html: bool = True, precompute_runs: bool = True,
-          root: Path = PROJECT_ROOT) -> Path:
+          root: Path = PROJECT_ROOT, scheduler: str | None = None) -> Path:
     """Execute the book's notebooks at ``profile`` and build the HTML; returns the HTML folder.
 
     Order: every run of the catalogue is computed first (``jobs`` processes, one torch thread each), then
@@ -240,7 +248,7 @@ def build(profile: str = "quick", build_dir: str | os.PathLike | None = None, on
     absolute_path_variables()
     total = time.time()
     if precompute_runs:
-        precompute(profile, parameters.get("overrides"), jobs)
+        precompute(profile, parameters.get("overrides"), jobs, scheduler)
     if jobs > 1:  # one BLAS thread per notebook kernel when several run at once
         os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     front = staging / f"{toc_entries(root)[0]}.ipynb"

@@ -1,4 +1,4 @@
-"""The ``chaosnb`` command line: ``info``, ``run``, ``sweep``, ``runs``, ``book``."""
+"""The ``chaosnb`` command line: ``info``, ``run``, ``sweep``, ``runs``, ``book``, ``plan``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import platform
 import sys
 
-from chaosnb import cli_runs
+from chaosnb import cli_runs, plan
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     params = {key: _parse_value(value) for key, value in (args.param or [])}
     try:
         build(args.profile, args.build_dir, only=args.only, parameters=params, jobs=args.jobs,
-              html=not args.no_html, precompute_runs=not args.no_precompute)
+              html=not args.no_html, precompute_runs=not args.no_precompute, scheduler=args.scheduler)
     except NotebookFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -73,14 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-html", action="store_true", help="execute only, skip jupyter-book build")
     book.add_argument("--no-precompute", action="store_true",
                       help="do not compute the catalogue's runs up front (notebooks compute what they miss)")
+    book.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="Dask scheduler to compute the runs on (default: $CHAOSNB_SCHEDULER, else a local cluster)")
     book.set_defaults(func=cmd_book)
     cli_runs.add_subcommands(sub)
+    plan.add_subcommand(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand. Bad input (data, results store, configuration) ends in one line on stderr and exit code
     1 (2 for an invalid configuration), never in a traceback."""
+    from chaosnb.cluster import ClusterError
     from chaosnb.config import ConfigError
     from chaosnb.data import DatasetError
     from chaosnb.runs import ResultsStoreError
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: invalid configuration: {err}", file=sys.stderr)
         return 2
-    except (DatasetError, ResultsStoreError) as err:
+    except (DatasetError, ResultsStoreError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -150,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from chaosnb.cluster import ClusterError
     from chaosnb.data import load_dataset
     from chaosnb.runs import ensure_writable, results_root, sweep
 
@@ -162,7 +163,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for dataset in sorted({c.dataset for c in configs}):
         load_dataset(dataset)  # a missing or damaged dataset: one line, before any run starts
     ensure_writable(results_root())
-    rows = sweep(configs, jobs=args.jobs, progress=not args.quiet)
+    try:
+        rows = sweep(configs, jobs=args.jobs, progress=not args.quiet, scheduler=args.scheduler)
+    except ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     labels = {c.run_hash(): c.label() for c in configs}
     for run_hash, status, wall in rows:
         print(f"{run_hash}  {status.split(':')[0]:<8} {wall:8.1f} s  {labels.get(run_hash, '(stage 1)')}")
@@ -203,6 +208,9 @@ def add_subcommands(sub) -> None:
     sw.add_argument("config", help="YAML/JSON file with a list of configurations (or 'runs:' + 'defaults:')")
     sw.add_argument("--jobs", type=int, default=None, help="parallel processes (default: number of cores)")
     sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="Dask scheduler to submit the runs to, e.g. tcp://10.0.0.5:8786 (default: $CHAOSNB_SCHEDULER; "
+                         "unset: a local Dask cluster of --jobs processes)")
     add_config_flags(sw)
     sw.set_defaults(func=cmd_sweep, config_positional=True)
     runs = sub.add_parser("runs", help="list the results store")

@@ -1,0 +1,114 @@
+"""Tests for chaosnb.plan. The spectrum counts are checked against RunConfig.needs_spectrum step by step.
+The totals are checked as sums and maxima of the rows. Per-run times are checked to scale with the steps,
+the memory against the N^2 * 8 formula, and the `chaosnb plan` command is run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from chaosnb import cli
+from chaosnb.config import RunConfig
+from chaosnb.experiments import all_configs, load_profile, reference_runs
+from chaosnb.plan import RATES, num_params, plan, plan_profile, run_cost, spectrum_steps
+
+SMOKE = all_configs(load_profile("smoke"))
+HANDMADE = [
+    RunConfig(steps=37, spectrum_every=5),
+    RunConfig(steps=37, optimizer="cgd", prune_start=12, spectrum_every=5),
+    RunConfig(steps=37, optimizer="cgd", prune_start=40, spectrum_every=7),
+    RunConfig(steps=37, optimizer="cgd", prune_start=0),
+    RunConfig(steps=37, tangent_steps=(5, 37), spectrum_every=10),
+    RunConfig(steps=37, tangent_steps=(37,), perturb_eps=0.1, perturb_strategies=("random", "chaotic")),
+    RunConfig(steps=37),
+]
+
+
+@pytest.mark.parametrize("config", SMOKE + HANDMADE, ids=lambda c: c.run_hash())
+def test_spectrum_steps_match_needs_spectrum(config):
+    assert spectrum_steps(config) == sum(config.needs_spectrum(t) for t in range(config.steps))
+
+
+def test_proportional_cases_cover_every_kind():
+    kinds = {(c.model, c.optimizer, c.uses_tangent_map, c.is_perturbation) for c in PROPORTIONAL}
+    assert {("mlp", "cgd", False, False), ("cnn", "cgd", False, False), ("mlp", "sgd", True, False),
+            ("cnn", "sgd", True, False), ("mlp", "sgd", False, True), ("cnn", "sgd", False, True)} <= kinds
+
+
+def test_model_sizes():
+    assert (num_params("mlp"), num_params("cnn")) == (5350, 1158)
+
+
+def test_totals_are_the_rows_sums_and_maxima():
+    p = plan_profile("smoke")
+    assert [r.config for r in p.runs] == list(dict.fromkeys(SMOKE))
+    assert math.isclose(p.total_seconds, sum(r.seconds for r in p.runs))
+    assert math.isclose(p.cpu_hours, p.total_seconds / 3600)
+    assert p.largest.seconds == max(r.seconds for r in p.runs)
+    assert p.peak_bytes == max(r.peak_bytes for r in p.runs)
+    chains = [r.seconds + (run_cost(r.config.stage1()).seconds if r.config.is_perturbation else 0) for r in p.runs]
+    assert math.isclose(p.critical_path_seconds, max(chains))
+    for workers in (1, 3, 1000):
+        assert math.isclose(p.wall_seconds_at_least(workers), max(p.total_seconds / workers, max(chains)))
+    assert all(r.seconds > 0 and r.peak_bytes >= r.tangent_bytes >= 0 for r in p.runs)
+    with pytest.raises(ValueError, match="nothing to plan"):
+        plan([])
+
+
+def test_reference_run_cost_by_hand():
+    """A reference run with the tangent map: steps * tangent + n_ftle * ftle (the sgd and spectrum terms
+    of the formula telescope into the tangent rate)."""
+    for name, config in reference_runs(load_profile("paper")).items():
+        r = RATES[config.model]
+        expected = config.steps * r["tangent"][config.spectrum_method] + len(config.tangent_steps) * r["ftle"]
+        assert math.isclose(run_cost(config).seconds, expected, rel_tol=1e-12), name
+    usps_mlp = reference_runs(load_profile("paper"))["USPS MLP"]
+    assert usps_mlp.steps == 36480 and len(usps_mlp.tangent_steps) == 40
+
+
+# runs whose spectrum count is proportional to the steps (every step or none; the others are covered by
+# test_spectrum_steps_match_needs_spectrum)
+PROPORTIONAL = [c for c in SMOKE if not (c.spectrum_every or c.prune_start)]
+
+
+@pytest.mark.parametrize("config", PROPORTIONAL, ids=lambda c: c.run_hash())
+def test_time_scales_with_steps(config):
+    """Ten times the steps: ten times the per-step part (everything but the finite-time spectra)."""
+    longer = dataclasses.replace(config, steps=10 * config.steps)
+    a, b = run_cost(config), run_cost(longer)
+    fixed = a.ftle * RATES[config.model]["ftle"]
+    assert b.ftle == a.ftle and b.spectra == 10 * a.spectra
+    assert math.isclose(b.seconds - fixed, 10 * (a.seconds - fixed), rel_tol=1e-12)
+    assert (b.tangent_bytes, b.peak_bytes) == (a.tangent_bytes, a.peak_bytes)
+
+
+def test_memory_formula():
+    for config in all_configs(load_profile("paper")):
+        cost, n = run_cost(config), num_params(config.model)
+        if config.uses_tangent_map:
+            assert cost.tangent_bytes == n * n * 8 * (2 if config.momentum else 1)
+            assert cost.peak_bytes >= cost.tangent_bytes + 3 * n * n * 8
+        else:
+            assert cost.tangent_bytes == 0
+    mlp = reference_runs(load_profile("paper"))
+    assert run_cost(mlp["USPS MLP"]).tangent_bytes == 228_980_000  # 229 MB
+    assert run_cost(mlp["USPS MLP, momentum"]).tangent_bytes == 2 * 228_980_000
+
+
+def test_cli_plan(capsys):
+    assert cli.main(["plan", "--profile", "smoke", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(c.run_hash() in out for c in SMOKE)
+    assert "CPU-hours" in out and "largest run" in out and "W=2:" in out
+    assert cli.main(["plan", "--profile", "smoke", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["runs"]) == len(set(SMOKE))
+    assert math.isclose(data["total_seconds"], sum(r["seconds"] for r in data["runs"]))
+    assert cli.main(["plan", "--profile", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert f"runs: {len(set(all_configs(load_profile('paper'))))}" in out and "458MB" in out
+    assert cli.main(["plan", "--profile", "nope"]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
