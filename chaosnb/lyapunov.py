@@ -282,12 +282,18 @@ class FiniteTimeLyapunov:
     """Finite-time Lyapunov spectrum of Y_t: exponents (1/(2t)) log eig(Y_t^T Y_t) = (1/t) log sigma_i(Y_t).
 
     ``exponents`` are descending (float64); ``vectors`` holds the eigenvectors of L_t = Y_t^T Y_t (right
-    singular vectors of Y_t) as columns in the same order. Singular values below sigma_max * N * eps(float64)
-    cannot be resolved in float64 (not by the SVD, nor by the recursion that produced Y_t): their exponents
-    are set to -inf (like the paper's "-inf" minimal LCEs) and count as non-chaotic. ``resolution`` is the
-    exponent of that threshold: every finite exponent is >= it. Exponents in [-tol, tol] count as
-    non-chaotic (edge); the paper's definition is tol = 0 (chaotic iff eig(L_t) > 1). ``method`` says how
-    it was computed: "full" (SVD of Y_t) or "structured" (low-rank Y_t - I, see :func:`finite_time_lyapunov`).
+    singular vectors of Y_t) as columns in the same order. Singular values below the method's resolution
+    cannot be resolved in float64: their exponents are set to -inf (like the paper's "-inf" minimal LCEs) and
+    count as non-chaotic; ``resolution`` is the exponent of that threshold (every finite exponent is >= it,
+    every unresolved one is < it).
+
+    Classification (safe at any ``tol``, including the paper's tol = 0): exponent i is chaotic iff it exceeds
+    tol by more than its own float64 error estimate, lambda_i - err_i > tol. A direction that no step touched
+    has sigma = 1 +- a few eps, i.e. lambda = 0 +- err: it never counts as chaotic. ``chaotic_dim_certain`` is
+    True only if no exponent could lie on the other side of tol: every non-chaotic finite exponent has
+    lambda_i + err_i <= tol and no unresolved one can exceed tol (resolution <= tol). ``method`` says how it
+    was computed: "full" (SVD of Y_t), "structured" (low-rank Y_t - I, see :func:`finite_time_lyapunov`).
+    ``errors`` (optional) overrides the default first-order error estimate of the full SVD.
     """
 
     exponents: torch.Tensor
@@ -296,6 +302,7 @@ class FiniteTimeLyapunov:
     resolution: float
     tol: float = 0.0
     method: str = "full"
+    errors: torch.Tensor | None = None
 
     @property
     def resolved(self) -> torch.Tensor:
@@ -319,8 +326,22 @@ class FiniteTimeLyapunov:
 
     @property
     def chaotic_mask(self) -> torch.Tensor:
-        """exponent > tol, i.e. eig(L_t) > exp(2 t tol)."""
-        return self.exponents > self.tol
+        """lambda_i - err_i > tol: chaotic beyond the exponent's own rounding error (unresolved: never)."""
+        return (self.exponents - self.error_estimate) > self.tol
+
+    @property
+    def uncertain_mask(self) -> torch.Tensor:
+        """Non-chaotic exponents whose error interval reaches above tol (lambda_i + err_i > tol), and the
+        unresolved ones when the resolution lies above tol: these could be chaotic."""
+        err = self.error_estimate
+        finite = self.resolved
+        upper = torch.where(finite, self.exponents + torch.where(finite, err, 0.0), self.resolution)
+        return ~self.chaotic_mask & (upper > self.tol)
+
+    @property
+    def num_uncertain(self) -> int:
+        """How many non-chaotic directions could be chaotic: chaotic_dim <= true dim <= chaotic_dim + this."""
+        return int(self.uncertain_mask.sum())
 
     @property
     def chaotic_dim(self) -> int:
@@ -332,8 +353,11 @@ class FiniteTimeLyapunov:
 
     @property
     def error_estimate(self) -> torch.Tensor:
-        """First-order float64 error of each exponent: log(1 + N eps sigma_max / sigma_i) / t (inf if
-        unresolved). Exponents close to ``resolution`` sit on the rounding-noise floor and are unreliable."""
+        """Float64 error bound of each exponent (inf if unresolved). Default (full SVD): the SVD's absolute
+        error N eps sigma_max in relative terms, log(1 + N eps sigma_max / sigma_i) / t; exponents close to
+        ``resolution`` sit on the rounding-noise floor and are unreliable. ``errors`` overrides it."""
+        if self.errors is not None:
+            return self.errors
         gap = self.t * (self.exponents[0] - self.exponents)
         return torch.log1p(self.vectors.shape[0] * EPS64 * torch.exp(gap)) / self.t
 
@@ -344,10 +368,11 @@ class FiniteTimeLyapunov:
 
     @property
     def chaotic_dim_certain(self) -> bool:
-        """Whether unresolved exponents are surely non-chaotic (``resolution <= tol``). Over long horizons the
-        resolution climbs above 0 (only ~36/t below the top exponent is resolvable in float64); then
+        """Whether ``chaotic_dim`` is exact: no exponent within its error estimate of tol and no unresolved
+        exponent that could exceed tol (``num_uncertain == 0``). Over long horizons on the full-SVD path the
+        resolution climbs above 0 (only ~(36 + ln N)/t below the top exponent is resolvable); then
         ``chaotic_dim`` is only a lower bound."""
-        return self.resolution <= self.tol
+        return self.num_uncertain == 0
 
     def chaotic_subspace(self) -> torch.Tensor:
         """Orthonormal basis (columns) of V_chaotic(t): eigenvectors of L_t with eigenvalue > 1."""

@@ -201,6 +201,31 @@ def test_eigenvalue_at_one_over_lr_is_unresolved_minus_inf():
     assert ft.non_chaotic_dim == 3
 
 
+def test_untouched_directions_are_never_chaotic_at_default_tol():
+    """Directions no step touched have sigma = 1 +- eps: with the paper's tol = 0 they must not count as
+    chaotic (the old rule counted 17 of them here), and the count is uncertain (they sit at 0 +- err)."""
+    n, lr = 120, 0.1
+    vecs, _ = torch.linalg.qr(torch.randn(n, 4, generator=torch.Generator().manual_seed(13), dtype=F64))
+    lam1, lam2 = torch.tensor([-2.0, -1.0, 3.0, 30.0], dtype=F64), torch.tensor([-1.0, 0.5, -4.0, 25.0], dtype=F64)
+    tm = TangentMap(n, lr)
+    tm.step((lam1, vecs))
+    tm.step((lam2, vecs))
+    exact = torch.sort(torch.log(torch.abs((1 - lr * lam1) * (1 - lr * lam2))) / 2, descending=True).values
+    assert int((exact > 0).sum()) == 3
+    for method in ("full", "structured"):
+        ft = tm.lyapunov(method=method)
+        assert ft.chaotic_dim == 3 and ft.non_chaotic_dim == n - 3
+        assert torch.allclose(ft.exponents[:3], exact[:3], rtol=0, atol=1e-13)
+        assert not ft.chaotic_dim_certain and ft.num_uncertain >= 1  # exactly-0 exponents: 0 +- err
+        chaotic = ft.chaotic_subspace()
+        assert torch.linalg.matrix_norm(chaotic @ chaotic.T - vecs[:, [3, 0, 1]] @ vecs[:, [3, 0, 1]].T) < 1e-10
+        edge = tm.lyapunov(1e-12, method=method)  # an explicit edge band: certain
+        assert edge.chaotic_dim == 3 and edge.chaotic_dim_certain and edge.num_uncertain == 0
+    ft = tm.lyapunov(method="full")  # an exponent inside its own error bar is uncertain at any tol
+    close = FiniteTimeLyapunov(ft.exponents, ft.vectors, ft.t, ft.resolution, tol=float(exact[2]))
+    assert close.chaotic_dim == 2 and not close.chaotic_dim_certain
+
+
 def test_sum_rule_for_non_commuting_hessians():
     n, lr, t = 6, 0.3, 15
     gen = torch.Generator().manual_seed(0)
