@@ -26,12 +26,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import eigsh
 
 from chaosnb.curvature import Spectrum
 
 EPS64 = torch.finfo(torch.float64).eps
 LN2 = math.log(2.0)
-LYAPUNOV_METHODS = ("auto", "graded", "full", "structured")
+LYAPUNOV_METHODS = ("auto", "gram", "graded", "full", "structured")
 STRUCTURED_OVERSAMPLING = 10
 """Extra Gaussian probes beyond the rank bound in the structured path's range finder."""
 STRUCTURED_MAX_LOG2_SCALE = 900
@@ -156,6 +157,8 @@ MOMENTUM_INTERVAL = 64
 condition estimate max|R_ii| / min|R_ii| below e^REORTH_LOG_COND."""
 GRADED_WINDOW = 10.0
 """Graded SVD: rows within this many nats of the current top row scale form one window."""
+GRAM_MAX_SPREAD = 6.0
+"""Fast path (Gram matrix + ``eigvalsh``) only while the row scales of T span at most this many nats."""
 GRADED_GAP = 14.0
 """Graded SVD: a window's singular value is accepted once it exceeds every remaining row scale by this many
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
@@ -294,6 +297,8 @@ class TangentMap:
     def _block_error(self, log_cond: float | None = None) -> float:
         b = self._block
         lc = b["log_cond"] if log_cond is None else log_cond
+        if self._g is not None and log_cond is None:  # momentum: the per-step 2 x 2 bounds compound far too
+            lc = min(lc, REORTH_LOG_COND)  # pessimistically; the adaptive interval targets this (an estimate)
         return min(1.0, (b["steps"] + 2 * self.num_params) * EPS64 * math.exp(min(lc, 700.0)))
 
     def _log_norm_bound(self) -> float:
@@ -535,6 +540,7 @@ class FiniteTimeLyapunov:
     tol: float = 0.0
     method: str = "full"
     errors: torch.Tensor | None = None
+    eigenvector_mask: torch.Tensor | None = None
 
     @property
     def resolved(self) -> torch.Tensor:
@@ -656,7 +662,9 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
     N x N matrix in descending-exponent order. Cost ~ N^2 k instead of ~ N^3; the resolution / -inf rule is
     the full path's (sigma_max N eps). It needs the true Y_t to be representable
     (:meth:`TangentMap.structured_applicable`), else ValueError. ``"auto"`` (the default) takes it when also
-    2 (k + STRUCTURED_OVERSAMPLING) < N / 2, the graded path otherwise.
+    2 (k + STRUCTURED_OVERSAMPLING) < N / 2, else ``"gram"`` (:func:`_gram_exponents`: eigenvalues of
+    L_t = Y^T Y and only the eigenvectors the engine needs) when the spectrum is narrow enough for it, else
+    the graded path.
     """
     if method not in LYAPUNOV_METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(LYAPUNOV_METHODS)}")
@@ -670,6 +678,13 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
     if method == "full":
         y, log_scale = tangent_map.scaled()
         return finite_time_exponents(y, tangent_map.t, log_scale, tol)
+    if method in ("auto", "gram"):
+        fast = _gram_exponents(tangent_map, tol)
+        if fast is not None:
+            return fast
+        if method == "gram":
+            raise ValueError("the gram path does not apply here (spectrum too wide or too many chaotic "
+                             "directions); use method='graded'")
     return _graded_exponents(tangent_map, tol)
 
 
@@ -791,6 +806,72 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
     k = lost_v.shape[1]
     inf = torch.full((k,), math.inf, dtype=torch.float64, device=dev)
     return (torch.cat([log_sigma, -inf]), torch.cat([v, lost_v], dim=1), torch.cat([err, inf]), log_lost)
+
+
+def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov | None:
+    """The fast path of :func:`finite_time_lyapunov` when the spectrum is narrow (None when it does not apply).
+
+    L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats), all eigenvalues by
+    ``eigvalsh`` (absolute error ~ N eps lambda_max, so each exponent's error estimate is
+    log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
+    engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
+    chaotic subspace) by Lanczos (ARPACK, fixed start vector), and the minimal one by block inverse iteration
+    (Cholesky of L). The other columns of ``vectors`` are an orthonormal basis of the rest of the
+    non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
+    perturbation strategies only need that span. Returns None (caller takes the graded path) if any
+    eigenvalue is at the noise floor, the spread is too wide, or more than N/3 vectors are needed.
+    """
+    n, t = tangent_map.num_params, tangent_map.t
+    w, rho, tt = tangent_map._w, tangent_map._rho, tangent_map._tt
+    shift = 0.0
+    if rho is None:
+        ys = w
+    else:
+        finite = torch.isfinite(rho)
+        if not bool(finite.all()):
+            return None
+        shift = float(rho.max())
+        if shift - float(rho.min()) > GRAM_MAX_SPREAD:
+            return None
+        ys = w @ (torch.exp(rho - shift)[:, None] * tt)
+    gram = ys.T @ ys
+    if rho is not None:
+        del ys
+    lam = torch.linalg.eigvalsh(gram)  # ascending
+    top = float(lam[-1])
+    if not top > 0.0 or float(lam[0]) <= 4.0 * n * EPS64 * top:
+        return None
+    lam = lam.flip(0)
+    rel = tangent_map.relative_error
+    err = (torch.log1p(n * EPS64 * top / lam) + 2.0 * math.log1p(rel)) / (2.0 * t)
+    exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
+    k = max(1, int(((exponents + err) > tol).sum()))
+    if k > n // 3:
+        return None
+    gram_np = gram.cpu().numpy()
+    v0 = np.cos(np.arange(n, dtype=np.float64))
+    vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=0.0, ncv=min(n, max(2 * k + 1, 20)))
+    top_vecs = torch.from_numpy(top_vecs[:, np.argsort(vals)[::-1]].copy()).to(gram.device)
+    # minimal eigenvector: block inverse iteration with Rayleigh-Ritz (rate lambda_1 / lambda_p+1)
+    chol = torch.linalg.cholesky(gram)
+    gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
+    x = torch.linalg.qr(torch.randn(n, min(16, n), generator=gen, dtype=torch.float64).to(gram.device))[0]
+    bottom = x[:, :1]
+    for _ in range(200):
+        x = torch.linalg.qr(torch.cholesky_solve(x, chol))[0]
+        _, rv = torch.linalg.eigh(x.T @ gram @ x)
+        previous, bottom = bottom, x @ rv[:, :1]
+        if 1.0 - abs(float(previous[:, 0] @ bottom[:, 0])) < 1e-15:
+            break
+    bottom = bottom - top_vecs @ (top_vecs.T @ bottom)
+    bottom /= torch.linalg.vector_norm(bottom)
+    q, _ = torch.linalg.qr(torch.cat([top_vecs, bottom], dim=1), mode="complete")
+    middle = q[:, k + 1:]  # orthonormal, orthogonal to the chosen eigenvectors
+    vectors = torch.cat([top_vecs, middle, bottom], dim=1)
+    mask = torch.zeros(n, dtype=torch.bool, device=gram.device)
+    mask[:k] = True
+    mask[-1] = True
+    return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err, mask)
 
 
 def _graded_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:

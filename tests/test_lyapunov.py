@@ -495,7 +495,7 @@ def test_structured_equals_full_on_tiny_model(momentum):
         bound += int((spec.eigenvalues != 0).sum())
     assert tm.update_rank == bound < n
     assert (tm.matrix() - torch.eye(n, dtype=F64)).abs().max() > 1e-3  # non-trivial
-    assert tm.lyapunov(1e-12).method == "graded"  # too small an N for the structured path to pay off
+    assert tm.lyapunov(1e-12).method == "gram"  # too small an N for the structured path to pay off
     full, fast = tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12, method="structured")
     assert int((fast.exponents == 0.0).sum()) >= n - 2 * bound  # the complement: exponent exactly 0
     assert_same_spectrum(full, fast, tm.matrix())
@@ -673,3 +673,31 @@ def test_graded_svd_of_synthetic_graded_matrix_against_mpmath():
     assert log_lost == -math.inf and torch.all(torch.isfinite(log_sigma))
     assert torch.all((log_sigma - ref).abs() <= err) and torch.all(err < 1e-9)
     assert torch.allclose(vecs.T @ vecs, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_gram_path_equals_full_svd(momentum):
+    """Full-rank low-rank-pair steps (N = 300): the fast path's exponents, chaotic dimension, chaotic subspace
+    and extreme directions agree with the full SVD within the error estimates."""
+    n = 300
+    tm = TangentMap(n, 0.05, momentum)
+    gen = torch.Generator().manual_seed(21)
+    for _ in range(40):  # mostly positive curvature: a few chaotic directions
+        vecs, _ = torch.linalg.qr(torch.randn(n, 12, generator=gen, dtype=F64))
+        tm.step((8.0 * torch.rand(12, generator=gen, dtype=F64) - 1.0, vecs))
+    assert tm.update_rank == n
+    full, fast = tm.lyapunov(method="full"), tm.lyapunov()
+    assert fast.method == "gram" and fast.num_unresolved == 0 and full.num_unresolved == 0
+    assert torch.all((fast.exponents - full.exponents).abs() <= fast.error_estimate + full.error_estimate)
+    assert fast.chaotic_dim == full.chaotic_dim > 0 and fast.chaotic_dim_certain == full.chaotic_dim_certain
+    p_full, p_fast = (b @ b.T for b in (full.chaotic_subspace(), fast.chaotic_subspace()))
+    assert torch.linalg.matrix_norm(p_full - p_fast) < 1e-8
+    assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+    mask = fast.eigenvector_mask
+    assert bool(mask[0]) and bool(mask[-1]) and int(mask.sum()) < n // 3
+    for i in (0, n - 1):  # the extreme directions: the full path's (up to sign)
+        assert abs(float(fast.vectors[:, i] @ full.vectors[:, i])) > 1 - 1e-8
+    y = tm.matrix()
+    yv = y @ fast.vectors[:, mask]
+    sigma2 = torch.exp(2.0 * tm.t * fast.exponents[mask])
+    assert torch.allclose(yv.T @ yv, torch.diag(sigma2), rtol=1e-9, atol=1e-12)
