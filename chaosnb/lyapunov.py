@@ -277,6 +277,7 @@ class TangentMap:
         self._t_log_norm = 0.0
         self._interval = MOMENTUM_INTERVAL
         self.reorthonormalisations = 0
+        self._buf: torch.Tensor | None = None
 
     @property
     def update_rank(self) -> int:
@@ -330,8 +331,11 @@ class TangentMap:
         if isinstance(h, torch.Tensor):
             p = hd @ w
             scale = 1.0
-        else:
-            p = vecs.T @ w
+        else:  # P = V^T W into a reused buffer (a fresh r x N block each step costs page faults)
+            r = lam.numel()
+            if self._buf is None or self._buf.shape[0] < r or self._buf.device != w.device:
+                self._buf = torch.empty(max(r, 1), n, dtype=torch.float64, device=w.device)
+            p = torch.mm(vecs.T, w, out=self._buf[:r])
             p.mul_(lam[:, None])
             scale = None
         g = self._g
