@@ -616,6 +616,18 @@ class FiniteTimeLyapunov:
         ``chaotic_dim`` is only a lower bound."""
         return self.num_uncertain == 0
 
+    @property
+    def decision_exponents(self) -> torch.Tensor:
+        """Exponents to hand to ``perturb.perturbation_direction(exponents=..., tol=self.tol)`` so that its
+        threshold reproduces ``chaotic_mask`` (uncertain exponents clamped to tol) and its argmin picks the
+        smallest RESOLVED exponent (unresolved ones set equal to it; they come after it, argmin takes the
+        first)."""
+        x = torch.where(self.chaotic_mask, self.exponents, torch.clamp(self.exponents, max=self.tol))
+        finite = self.resolved
+        if bool(finite.any()) and not bool(finite.all()):
+            x = torch.where(finite, x, x[finite].min())
+        return x
+
     def chaotic_subspace(self) -> torch.Tensor:
         """Orthonormal basis (columns) of V_chaotic(t): eigenvectors of L_t with eigenvalue > 1."""
         return self.vectors[:, self.chaotic_mask]

@@ -29,6 +29,7 @@ from chaosnb.lyapunov import (
     qr_lyapunov_spectrum,
 )
 from chaosnb.models import make_flat_model
+from chaosnb.perturb import perturbation_direction
 
 F64 = torch.float64
 
@@ -701,3 +702,24 @@ def test_gram_path_equals_full_svd(momentum):
     yv = y @ fast.vectors[:, mask]
     sigma2 = torch.exp(2.0 * tm.t * fast.exponents[mask])
     assert torch.allclose(yv.T @ yv, torch.diag(sigma2), rtol=1e-9, atol=1e-12)
+
+
+def test_decision_exponents_make_perturbation_directions_consistent():
+    """Uncertain exponents never enter the chaotic strategy; max_non_chaotic is the smallest RESOLVED one."""
+    lr = 0.5
+    h = torch.tensor([-0.6, 0.0, 0.3, 1.0, 2.0], dtype=F64)  # 0.0: exponent 0 +- err; 2.0 = 1/lr: killed
+    q = random_orthogonal(5, seed=1)
+    tm = TangentMap(5, lr)
+    for _ in range(10):
+        tm.step((q * h) @ q.T)
+    ft = tm.lyapunov(method="full")
+    assert ft.num_unresolved == 1 and ft.num_uncertain >= 1 and ft.chaotic_dim == 1
+    x = ft.decision_exponents
+    assert torch.equal(x > ft.tol, ft.chaotic_mask)
+    gen = torch.Generator().manual_seed(0)
+    d = perturbation_direction("chaotic", exponents=x, eigenvectors=ft.vectors, generator=gen, tol=ft.tol)
+    assert abs(float(d @ q[:, 0])) == pytest.approx(1.0, abs=1e-10)
+    d = perturbation_direction("max_non_chaotic", exponents=x, eigenvectors=ft.vectors, tol=ft.tol)
+    assert abs(float(d @ q[:, 3])) == pytest.approx(1.0, abs=1e-10)  # lambda = 1: log 0.5, not the killed one
+    raw = perturbation_direction("max_non_chaotic", exponents=ft.exponents, eigenvectors=ft.vectors, tol=ft.tol)
+    assert abs(float(raw @ q[:, 4])) == pytest.approx(1.0, abs=1e-6)  # what the raw exponents would pick
