@@ -159,6 +159,8 @@ GRADED_WINDOW = 10.0
 """Graded SVD: rows within this many nats of the current top row scale form one window."""
 GRAM_MAX_SPREAD = 6.0
 """Fast path (Gram matrix + ``eigvalsh``) only while the row scales of T span at most this many nats."""
+GRAM_LANCZOS_FRACTION = 20
+"""Fast path: Lanczos for the chaotic/uncertain eigenvectors while they are at most N / this, else ``eigh``."""
 GRADED_GAP = 14.0
 """Graded SVD: a window's singular value is accepted once it exceeds every remaining row scale by this many
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
@@ -831,11 +833,12 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     ``eigvalsh`` (absolute error ~ N eps lambda_max, so each exponent's error estimate is
     log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
     engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
-    chaotic subspace) by Lanczos (ARPACK, fixed start vector), and the minimal one by block inverse iteration
-    (Cholesky of L). The other columns of ``vectors`` are an orthonormal basis of the rest of the
+    chaotic subspace) by Lanczos (ARPACK, fixed start vector; ``eigh`` for all vectors when more than
+    N / GRAM_LANCZOS_FRACTION are needed), and the minimal one by block inverse iteration (Cholesky of L).
+    The other columns of ``vectors`` are an orthonormal basis of the rest of the
     non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
     perturbation strategies only need that span. Returns None (caller takes the graded path) if any
-    eigenvalue is at the noise floor, the spread is too wide, or more than N/3 vectors are needed.
+    eigenvalue is at the noise floor or the spread is too wide.
     """
     n, t = tangent_map.num_params, tangent_map.t
     w, rho, tt = tangent_map._w, tangent_map._rho, tangent_map._tt
@@ -862,8 +865,9 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     err = (torch.log1p(n * EPS64 * top / lam) + 2.0 * math.log1p(rel)) / (2.0 * t)
     exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
     k = max(1, int(((exponents + err) > tol).sum()))
-    if k > n // 3:
-        return None
+    if k > n // GRAM_LANCZOS_FRACTION:  # many vectors: all of them from one symmetric eigensolver
+        vectors = torch.linalg.eigh(gram)[1].flip(1)
+        return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
     gram_np = gram.cpu().numpy()
     v0 = np.cos(np.arange(n, dtype=np.float64))
     vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=0.0, ncv=min(n, max(2 * k + 1, 20)))

@@ -556,7 +556,7 @@ def test_auto_picks_structured_only_for_small_rank_bound():
         lowrank_steps(tm, 1, 8, seed=7 + tm.t)
         methods.append((tm.update_rank, tm.lyapunov(1e-12).method))
     assert methods == [(8, "structured"), (16, "structured"), (24, "structured"), (32, "structured"),
-                       (40, "graded")]
+                       (40, "gram")]
     assert_same_spectrum(tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12, method="structured"), tm.matrix())
 
     dense = TangentMap(n, 0.05)
@@ -564,7 +564,7 @@ def test_auto_picks_structured_only_for_small_rank_bound():
     assert dense.lyapunov().method == "structured"
     dense.step(random_symmetric(n, torch.Generator().manual_seed(9)))
     lowrank_steps(dense, 1, 3, seed=10)
-    assert dense.update_rank == n and dense.lyapunov().method == "graded"
+    assert dense.update_rank == n and dense.lyapunov().method in ("gram", "graded")
     with pytest.raises(ValueError):
         dense.lyapunov(method="bogus")
 
@@ -600,7 +600,7 @@ def test_state_dict_keeps_update_rank():
     old = {key: value for key, value in state.items() if key != "update_rank"}  # a checkpoint from before
     legacy = TangentMap(n, 0.05, 0.9)
     legacy.load_state_dict(old)
-    assert legacy.update_rank == n and legacy.lyapunov(1e-12).method == "graded"
+    assert legacy.update_rank == n and legacy.lyapunov(1e-12).method == "gram"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -695,7 +695,11 @@ def test_gram_path_equals_full_svd(momentum):
     assert torch.linalg.matrix_norm(p_full - p_fast) < 1e-8
     assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
     mask = fast.eigenvector_mask
-    assert bool(mask[0]) and bool(mask[-1]) and int(mask.sum()) < n // 3
+    if momentum:  # 92 chaotic directions: all eigenvectors from one eigh
+        assert mask is None and fast.chaotic_dim > n // 20
+        mask = torch.ones(n, dtype=torch.bool)
+    else:  # Lanczos for the few chaotic ones, inverse iteration for the minimal one
+        assert bool(mask[0]) and bool(mask[-1]) and int(mask.sum()) < n // 20
     for i in (0, n - 1):  # the extreme directions: the full path's (up to sign)
         assert abs(float(fast.vectors[:, i] @ full.vectors[:, i])) > 1 - 1e-8
     y = tm.matrix()
