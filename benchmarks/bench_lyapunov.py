@@ -118,6 +118,7 @@ def mlp_tangent_map(steps: int, seed: int) -> TangentMap:
 def target4(tm: TangentMap, tol: float) -> dict:
     box = {}
     new_s = timed(lambda: box.update(new=tm.lyapunov(tol)))
+    print(f"  new path ({box['new'].method}): {new_s:.1f} s", flush=True)
     old_s = timed(lambda: box.update(old=tm.lyapunov(tol, method="full")))
     new, old = box["new"], box["old"]
     both = new.resolved & old.resolved
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip4", action="store_true", help="target 3 only")
     parser.add_argument("--data", default=None, help="dataset root (default $CHAOSNB_DATA or ../shared/data)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--map-cache", default=None,
+                        help="torch.save file of the MLP tangent map's state_dict: loaded if present, else written")
     args = parser.parse_args(argv)
     if args.data:
         os.environ["CHAOSNB_DATA"] = str(Path(args.data).resolve())
@@ -175,11 +178,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r3['reorth_per_step_s']:.3f} s/step amortised", flush=True)
             row = {"threads": threads, "target3": r3}
             if not args.skip4:
+                if tm is None and args.map_cache and Path(args.map_cache).exists():
+                    state = torch.load(args.map_cache)
+                    tm = TangentMap(int(state["num_params"]), float(state["lr"]), float(state["momentum"]))
+                    tm.load_state_dict(state)
+                    print(f"  (loaded the MLP tangent map at t={tm.t} from {args.map_cache})", flush=True)
                 if tm is None:
                     start = time.perf_counter()
                     tm = mlp_tangent_map(args.steps, args.seed)
                     print(f"  (built the MLP tangent map: {args.steps} steps in {time.perf_counter() - start:.0f} s)",
                           flush=True)
+                    if args.map_cache:
+                        torch.save(tm.state_dict(), args.map_cache)
                 r4 = target4(tm, args.tol)
                 print(f"target 4 spectrum (t={r4['t']}, {r4['method']}): old (full SVD) {r4['old_s']:.1f} s, new "
                       f"{r4['new_s']:.1f} s -> {r4['speedup']:.1f}x; chaotic dim {r4['chaotic_dim_new']} vs "

@@ -159,8 +159,9 @@ GRADED_WINDOW = 10.0
 """Graded SVD: rows within this many nats of the current top row scale form one window."""
 GRAM_MAX_SPREAD = 6.0
 """Fast path (Gram matrix + ``eigvalsh``) only while the row scales of T span at most this many nats."""
-GRAM_LANCZOS_FRACTION = 20
-"""Fast path: Lanczos for the chaotic/uncertain eigenvectors while they are at most N / this, else ``eigh``."""
+GRAM_LANCZOS_FRACTION = 100
+"""Fast path: Lanczos for the chaotic/uncertain eigenvectors while they are at most max(16, N / this), else
+``eigh`` (a few hundred vectors whose eigenvalues crowd around 1 make Lanczos slower than a full eigh)."""
 GRADED_GAP = 14.0
 """Graded SVD: a window's singular value is accepted once it exceeds every remaining row scale by this many
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
@@ -834,7 +835,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
     engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
     chaotic subspace) by Lanczos (ARPACK, fixed start vector; ``eigh`` for all vectors when more than
-    N / GRAM_LANCZOS_FRACTION are needed), and the minimal one by block inverse iteration (Cholesky of L).
+    max(16, N / GRAM_LANCZOS_FRACTION) are needed), and the minimal one by block inverse iteration (Cholesky of L).
     The other columns of ``vectors`` are an orthonormal basis of the rest of the
     non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
     perturbation strategies only need that span. Returns None (caller takes the graded path) if any
@@ -865,23 +866,23 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     err = (torch.log1p(n * EPS64 * top / lam) + 2.0 * math.log1p(rel)) / (2.0 * t)
     exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
     k = max(1, int(((exponents + err) > tol).sum()))
-    if k > n // GRAM_LANCZOS_FRACTION:  # many vectors: all of them from one symmetric eigensolver
+    if k > max(16, n // GRAM_LANCZOS_FRACTION):  # many vectors: all of them from one symmetric eigensolver
         vectors = torch.linalg.eigh(gram)[1].flip(1)
         return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
     gram_np = gram.cpu().numpy()
     v0 = np.cos(np.arange(n, dtype=np.float64))
-    vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=0.0, ncv=min(n, max(2 * k + 1, 20)))
+    vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=1e-14, ncv=min(n, max(2 * k + 1, 20)))
     top_vecs = torch.from_numpy(top_vecs[:, np.argsort(vals)[::-1]].copy()).to(gram.device)
     # minimal eigenvector: block inverse iteration with Rayleigh-Ritz (rate lambda_1 / lambda_p+1)
     chol = torch.linalg.cholesky(gram)
     gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
     x = torch.linalg.qr(torch.randn(n, min(16, n), generator=gen, dtype=torch.float64).to(gram.device))[0]
-    bottom = x[:, :1]
-    for _ in range(200):
+    for _ in range(100):
         x = torch.linalg.qr(torch.cholesky_solve(x, chol))[0]
-        _, rv = torch.linalg.eigh(x.T @ gram @ x)
-        previous, bottom = bottom, x @ rv[:, :1]
-        if 1.0 - abs(float(previous[:, 0] @ bottom[:, 0])) < 1e-15:
+        theta, rv = torch.linalg.eigh(x.T @ gram @ x)
+        bottom = x @ rv[:, :1]
+        residual = float(torch.linalg.vector_norm(gram @ bottom - theta[0] * bottom))
+        if residual <= 10.0 * n * EPS64 * top:  # converged to the rounding level of L
             break
     bottom = bottom - top_vecs @ (top_vecs.T @ bottom)
     bottom /= torch.linalg.vector_norm(bottom)
