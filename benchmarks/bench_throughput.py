@@ -20,10 +20,10 @@ Modes that compute a dense Hessian or carry an N x N tangent map every step are 
 (the CNN's low-rank spectrum falls back to the dense one at batch 8, whose rank ~550-600 exceeds 0.4 N). The
 MLP's spectrum-dense and tangent-dense modes (20-90 s a step on 2 shared cores) take --expensive-warmup = 0
 untimed steps (their start-up costs < 1 s) and no re-warm steps. --skip-slow drops the MLP's slow modes. The
-one finite-time Lyapunov spectrum a tangent run computes at its last step (SVD of Y and the perturbation
-directions, in Training._record_lyapunov) is timed separately and excluded from the per-step time; for the
-MLP (a 5,350 x 5,350 float64 SVD) it dominates the run time. Training writes nothing; CHAOSNB_RESULTS still
-points at a temporary folder, removed at exit.
+one finite-time Lyapunov spectrum a tangent run computes at its last step (TangentMap.lyapunov and the
+perturbation directions, in Training._record_lyapunov) is timed separately and excluded from the per-step time
+(for the MLP it used to be a 5,350 x 5,350 float64 SVD; see bench_lyapunov.py for the faster paths).
+Training writes nothing; CHAOSNB_RESULTS still points at a temporary folder, removed at exit.
 
     CHAOSNB_DATA=../shared/data .venv/bin/python benchmarks/bench_throughput.py   # ~5 min on 2 idle cores
     .venv/bin/python benchmarks/bench_throughput.py --models mlp   # the same in two runs (ratios are per model)
@@ -184,7 +184,7 @@ def report(jobs: list[Job]) -> list[dict]:
                "projection_s": {name: n * median for name, n in PAPER_STEPS.items()}}
         rows.append(row)
     head = (f"{'model':<6}{'mode':<18}{'steps':>6}{'steps/s':>10}{'mean s':>9}{'median s':>10}{'x vs dense':>12}"
-            f"{'ftle SVD s':>12}" + "".join(f"{name.split(' ')[0] + ' proj.':>20}" for name in PAPER_STEPS))
+            f"{'ftle s':>12}" + "".join(f"{name.split(' ')[0] + ' proj.':>20}" for name in PAPER_STEPS))
     print("\n== throughput (per-step time excludes warm-up and the final finite-time spectrum) ==")
     print(head)
     print("-" * len(head))
@@ -198,7 +198,7 @@ def report(jobs: list[Job]) -> list[dict]:
           "the dense\n  mode of the same model (spectrum-dense for sgd and spectrum-*, tangent-dense for tangent-*) "
           "over this mode's,\n  same run (medians: robust to load spikes from other processes). Projections: median "
           "s/step x paper-profile\n  steps, without evaluation, checkpointing or finite-time spectra (each costs "
-          "'ftle SVD s' more); Fashion-MNIST\n  assumes the USPS per-step cost (same 16x16 inputs, models and batch "
+          "'ftle s' more); Fashion-MNIST\n  assumes the USPS per-step cost (same 16x16 inputs, models and batch "
           "size).")
     return rows
 

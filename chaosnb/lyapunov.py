@@ -2,12 +2,16 @@
 
 * Local exponents (Theorem A.5): LLE_i = log|1 - lr * lambda_i| for the Hessian eigenvalues lambda_i.
 * The tangent map Y_t = d theta_t / d theta_0 of SGD (Theorem A.1, Y <- (I - lr H_t) Y) and of SGD with
-  momentum (Theorem A.3, as the running sum G <- beta G + H_t Y_t; Y <- Y - lr G), kept as an exactly
-  rescaled float64 matrix times 2**k so that long horizons neither overflow nor underflow.
+  momentum (Theorem A.3, as the running sum G <- beta G + H_t Y_t; Y <- Y - lr G), kept as Y_t = W T with
+  a current block W and a graded accumulated factor T = diag(e^rho) T~ (discrete QR method with periodic
+  re-orthonormalisation), so that no horizon over- or underflows and every singular value keeps its
+  relative accuracy, however far below the largest.
 * Finite-time exponents as the paper defines them: L_t = Y_t^T Y_t, exponents (1/(2t)) log eig(L_t)
-  = (1/t) log sigma_i(Y_t), with the chaotic subspace spanned by the eigenvectors of L_t with eigenvalue > 1.
-  Early in training (few low-rank steps) Y_t - I has low rank and an exact structured path replaces the
-  N x N SVD by one of an N x m matrix (see :func:`finite_time_lyapunov`).
+  = (1/t) log sigma_i(Y_t), with the chaotic subspace spanned by the eigenvectors of L_t with eigenvalue > 1,
+  each exponent with a float64 error estimate; it counts as chaotic only beyond it. The graded SVD
+  (:func:`graded_svd`) resolves the whole spectrum; early in training (few low-rank steps) Y_t - I has low
+  rank and an exact structured path replaces it by the SVD of an N x m matrix (see
+  :func:`finite_time_lyapunov`).
 * Theorem A.6's upper bound on the maximal exponent (running mean of the per-step maximal LLE), the
   determinant sum rule sum_i lambda_i(t) = (1/t) sum_s log|det J_s|, and the Benettin/QR algorithm for any
   map given its Jacobians (with the Henon and logistic maps as known references).
@@ -22,16 +26,17 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import eigsh
 
 from chaosnb.curvature import Spectrum
 
 EPS64 = torch.finfo(torch.float64).eps
 LN2 = math.log(2.0)
-LYAPUNOV_METHODS = ("auto", "full", "structured")
+LYAPUNOV_METHODS = ("auto", "gram", "graded", "full", "structured")
 STRUCTURED_OVERSAMPLING = 10
 """Extra Gaussian probes beyond the rank bound in the structured path's range finder."""
 STRUCTURED_MAX_LOG2_SCALE = 900
-"""The structured path forms the TRUE Y_t = Y_scaled * 2**k; only for |k| up to this (no overflow)."""
+"""The structured path forms the TRUE Y_t; only while log2 of its norm bound and row scales are within +-this."""
 _STRUCTURED_SEED = 20240917
 
 HessianLike = torch.Tensor | Spectrum | tuple[torch.Tensor, torch.Tensor]
@@ -139,6 +144,29 @@ def _pair(h: Spectrum | tuple[torch.Tensor, torch.Tensor], n: int | None
 # Tangent map (Theorems A.1 and A.3)
 # ----------------------------------------------------------------------------------------------------------
 
+REORTH_LOG_COND = 4.0
+"""Plain SGD: the current block is re-orthonormalised (QR) once the bound sum_s log kappa(J_s) on its log
+condition number exceeds this (nats), so every direction of the block keeps a relative float64 accuracy of
+~ (m + 2N) eps e^4 (the products and the QR are backward stable: a multiplicative perturbation of the block)."""
+REORTH_LOG_NORM = 300.0
+"""Re-orthonormalise also when the block's norm bounds drift beyond e^(+-300) (no overflow/underflow)."""
+SINGULAR_LOG_COND = 30.0
+"""Step singular values below e^-30 of the step's largest count as killed (censored, see ``censor``)."""
+MOMENTUM_INTERVAL = 64
+"""Momentum: the first re-orthonormalisation interval (steps); it adapts to keep the measured block
+condition estimate max|R_ii| / min|R_ii| below e^REORTH_LOG_COND."""
+GRADED_WINDOW = 10.0
+"""Graded SVD: rows within this many nats of the current top row scale form one window."""
+GRAM_MAX_SPREAD = 6.0
+"""Fast path (Gram matrix + ``eigvalsh``) only while the row scales of T span at most this many nats."""
+GRAM_LANCZOS_FRACTION = 100
+"""Fast path: Lanczos for the chaotic/uncertain eigenvectors while they are at most max(16, N / this), else
+``eigh`` (a few hundred vectors whose eigenvalues crowd around 1 make Lanczos slower than a full eigh)."""
+GRADED_GAP = 14.0
+"""Graded SVD: a window's singular value is accepted once it exceeds every remaining row scale by this many
+nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
+
+
 def _ldexp(x: torch.Tensor, k: int) -> torch.Tensor:
     """x * 2**k, exact (powers of two), in chunks so that 2**k itself never overflows."""
     while k:
@@ -148,23 +176,85 @@ def _ldexp(x: torch.Tensor, k: int) -> torch.Tensor:
     return x
 
 
+def _log_sum_exp2(rho: torch.Tensor) -> float:
+    """0.5 log sum_i exp(2 rho_i): log of the Frobenius norm of diag(e^rho) T with unit rows (-inf if empty)."""
+    finite = rho[torch.isfinite(rho)]
+    return 0.5 * float(torch.logsumexp(2.0 * finite, 0)) if finite.numel() else -math.inf
+
+
+def _graded_product(r: torch.Tensor, rho: torch.Tensor, tt: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """R diag(e^rho) T~ in graded form (rho', T~'): rows of T~' have unit 2-norm, rho' their log scales.
+
+    Each row is formed as sum_l M_il T~_l with M_il = R_il e^(rho_l - rho'_i), |M_il| <= 1 (no overflow at
+    any spread of rho). ``tt=None`` means T~ = I. Zero rows get rho' = -inf.
+    """
+    with torch.no_grad():
+        logabs = torch.log(r.abs()) + rho[None, :]
+        top = logabs.max(dim=1).values
+        ok = torch.isfinite(top)
+        shift = torch.where(ok, top, 0.0)
+        m = torch.exp(logabs - shift[:, None])
+        m.mul_(torch.sign(r))
+        m[~ok] = 0.0
+        del logabs
+        prod = m if tt is None else m @ tt
+        del m
+        norms = torch.linalg.vector_norm(prod, dim=1)
+        nz = norms > 0.0
+        prod[nz] /= norms[nz, None]
+        prod[~nz] = 0.0
+        new_rho = torch.where(nz, shift + torch.log(torch.where(nz, norms, 1.0)), -math.inf)
+    return new_rho, prod
+
+
+def _step_bounds(lam: torch.Tensor, lr: float, momentum: float, complement: bool) -> tuple[float, float, bool]:
+    """(log sigma_max, log sigma_min over the non-killed singular values, killed?) of one step's Jacobian.
+
+    Plain SGD: the singular values of I - lr V diag(lam) V^T are |1 - lr lam_i| (and 1 on the complement of
+    span V). Momentum, on the state (Y, lr G): per eigenvalue the 2 x 2 block [[1 - lr lam, -beta],
+    [lr lam, beta]] (determinant beta), whose singular values give the bounds.
+    """
+    if momentum > 0.0:
+        x = lr * lam
+        if complement:
+            x = torch.cat([x, x.new_zeros(1)])
+        f = (1.0 - x) ** 2 + x * x + 2.0 * momentum**2
+        smax = torch.sqrt(0.5 * (f + torch.sqrt(torch.clamp(f * f - 4.0 * momentum**2, min=0.0))))
+        hi = float(torch.log(smax.max()))
+        return hi, float(torch.log(momentum / smax).min()), False
+    s = torch.abs(1.0 - lr * lam)
+    if complement:
+        s = torch.cat([s, s.new_ones(1)])
+    if s.numel() == 0:
+        return 0.0, 0.0, False
+    hi = float(torch.log(s.max()))
+    logs = torch.log(s)
+    alive = logs > hi - SINGULAR_LOG_COND
+    return hi, float(logs[alive].min()), bool((~alive).any())
+
+
 class TangentMap:
     """Y_t = d theta_t / d theta_0 (N x N, float64) along an SGD trajectory, Y_0 = I.
 
     Plain SGD (Theorem A.1): Y <- (I - lr H_t) Y. With momentum beta (Theorem A.3, torch.optim.SGD with
     dampening 0: buf <- beta buf + g; theta <- theta - lr buf, buf starting at 0): G <- beta G + H_t Y;
-    Y <- Y - lr G. Note that this Y is d theta_t / d theta_0 with the velocity started at 0, i.e. the
-    theta-block of the tangent map of the 2N-dimensional (theta, buf) system.
+    Y <- Y - lr G (Y is the theta-block of the tangent map of the 2N-dimensional (theta, buf) system; the
+    state carries lr G).
 
-    Y is stored as ``Y_scaled * 2**k``: after every step Y_scaled (and G) are multiplied by the power of two
-    that brings max|Y_scaled| into [0.5, 1). Powers of two are exact, so the scaled recursion is bit-for-bit
-    the unscaled one, but it never overflows; ``log_scale = k log 2``.
+    Representation (discrete QR method with periodic re-orthonormalisation): Y_t = W_t T with T = diag(e^rho)
+    T~ kept graded (unit rows T~, log row scales rho, so no spread of the spectrum over- or underflows) and
+    W_t the current block, W <- J_t W each step. When the block's condition bound exceeds e^REORTH_LOG_COND
+    (plain SGD: sum of the steps' log kappa(J_s); momentum: an adaptive interval) the block is factored:
+    its columns are pre-sorted by their weight |W_j| e^(rho_j), W P = Q R, W <- Q, T <- R P^T T (graded
+    product). Every direction then carries a relative error ~ (m + 2N) eps e^REORTH_LOG_COND per block
+    (accumulated in ``relative_error``), however small its singular value: the whole spectrum is resolved at
+    any horizon, except directions killed by (near-)singular steps (an eigenvalue 1/lr), whose size is only
+    bounded (``censor``). Before the first factorisation T = I and W is Y itself.
 
     ``update_rank`` is an upper bound on rank(Y_t - I): every low-rank step adds the number of (nonzero)
-    eigenpairs it used, a dense step sets it to N. (Plain SGD: Y_t - I is a sum of products that start and
-    end with some H_s; momentum: Y_t - I = -lr sum_s G_s and G_s's range and row space lie in the span of
-    the V's used so far. Either way range and row space of Y_t - I lie in that span.) While it is small,
-    :func:`finite_time_lyapunov` takes the exact structured path.
+    eigenpairs it used, a dense step sets it to N. While it is small :func:`finite_time_lyapunov` takes the
+    exact structured path.
     """
 
     def __init__(self, num_params: int, lr: float, momentum: float = 0.0,
@@ -173,72 +263,188 @@ class TangentMap:
             raise ValueError("num_params must be positive")
         if not 0.0 <= momentum < 1.0:
             raise ValueError("momentum must be in [0, 1)")
+        if not lr > 0.0:
+            raise ValueError(f"lr must be positive, got {lr}")
         self.num_params = int(num_params)
         self.lr = float(lr)
         self.momentum = float(momentum)
         self.t = 0
-        self._log2_scale = 0
         self._update_rank = 0
-        self._y = torch.eye(self.num_params, dtype=torch.float64, device=device)
-        self._g = torch.zeros_like(self._y) if self.momentum > 0.0 else None
-
-    @property
-    def log_scale(self) -> float:
-        """log of the scalar factor: Y = Y_scaled * exp(log_scale)."""
-        return self._log2_scale * LN2
+        self._w = torch.eye(self.num_params, dtype=torch.float64, device=device)
+        self._g = torch.zeros_like(self._w) if self.momentum > 0.0 else None
+        self._rho: torch.Tensor | None = None
+        self._tt: torch.Tensor | None = None
+        self._block = {"steps": 0, "log_cond": 0.0, "log_hi": 0.0, "log_lo": 0.0}
+        self._rel_err = 0.0
+        self._censor = -math.inf
+        self._t_log_norm = 0.0
+        self._interval = MOMENTUM_INTERVAL
+        self.reorthonormalisations = 0
+        self._buf: torch.Tensor | None = None
 
     @property
     def update_rank(self) -> int:
         """Upper bound on rank(Y_t - I) (N after any dense step; see the class docstring)."""
         return self._update_rank
 
-    def _hessian_times(self, h: HessianLike, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(H y, rank bound of H): N for a dense H, the number of nonzero eigenvalues for a pair."""
-        if isinstance(h, torch.Tensor):
-            return _dense(h, self.num_params).to(y.device) @ y, self.num_params
-        lam, vecs = _pair(h, self.num_params)
-        lam, vecs = lam.to(y.device), vecs.to(y.device)
-        return vecs @ (lam[:, None] * (vecs.T @ y)), int((lam != 0.0).sum())
+    @property
+    def relative_error(self) -> float:
+        """First-order bound on the relative (multiplicative) error of the representation, all blocks so far
+        including the open one: sum_b (m_b + 2N) eps kappa_b."""
+        return self._rel_err + self._block_error()
+
+    @property
+    def censor(self) -> float:
+        """log of an upper bound on |Y_t v| for directions killed by (near-)singular steps (-inf if none)."""
+        return self._censor
+
+    def _block_error(self, log_cond: float | None = None) -> float:
+        b = self._block
+        lc = b["log_cond"] if log_cond is None else log_cond
+        if self._g is not None and log_cond is None:  # momentum: the per-step 2 x 2 bounds compound far too
+            lc = min(lc, REORTH_LOG_COND)  # pessimistically; the adaptive interval targets this (an estimate)
+        return min(1.0, (b["steps"] + 2 * self.num_params) * EPS64 * math.exp(min(lc, 700.0)))
+
+    def _log_norm_bound(self) -> float:
+        """Upper bound on log ||Y_t||_2: log ||W|| (bounded by the block's steps) + log ||T||_F."""
+        return self._t_log_norm + self._block["log_hi"]
 
     def step(self, h: HessianLike, lr: float | None = None) -> None:
         """One training step with Hessian (or CGD's P H) ``h``; ``lr`` overrides the default for this step.
 
-        Dense h: Y <- Y - lr H Y. Pair/Spectrum (lam, V): Y <- Y - lr V (lam[:, None] * (V^T Y)), never
-        forming I - lr H (for a low-rank pair the complement of span(V) is left unchanged, J = I there).
+        Pair/Spectrum (lam, V): W <- W - lr V (lam[:, None] * (V^T W)) as one product V^T W and one in-place
+        addmm (never forming I - lr H; for a low-rank pair the complement of span(V) is left unchanged, J = I
+        there). Dense h: W <- W - lr H W. Momentum: lr G <- beta lr G + lr H W; W <- W - (lr G).
         """
         lr = self.lr if lr is None else float(lr)
-        hy, rank = self._hessian_times(h, self._y)
-        self._update_rank = min(self.num_params, self._update_rank + rank)
-        if self._g is None:
-            self._y = self._y - lr * hy
+        n = self.num_params
+        w = self._w
+        if isinstance(h, torch.Tensor):
+            hd = _dense(h, n).to(w.device)
+            lam, complement, rank = torch.linalg.eigvalsh(hd), False, n
         else:
-            self._g = self.momentum * self._g + hy
-            self._y = self._y - lr * self._g
+            lam, vecs = _pair(h, n)
+            lam, vecs = lam.to(w.device), vecs.to(w.device)
+            complement, rank = lam.numel() < n, int((lam != 0.0).sum())
+        if not bool(torch.isfinite(lam).all()):
+            raise FloatingPointError("tangent map step: non-finite Hessian eigenvalues")
+        log_hi, log_lo, killed = _step_bounds(lam, lr, self.momentum, complement)
+        if log_hi > REORTH_LOG_NORM:
+            raise FloatingPointError(f"tangent map step grows by e^{log_hi:.0f} in one step (|lr H| too large?)")
+        if isinstance(h, torch.Tensor):
+            p = hd @ w
+            scale = 1.0
+        else:  # P = V^T W into a reused buffer (a fresh r x N block each step costs page faults)
+            r = lam.numel()
+            if self._buf is None or self._buf.shape[0] < r or self._buf.device != w.device:
+                self._buf = torch.empty(max(r, 1), n, dtype=torch.float64, device=w.device)
+            p = torch.mm(vecs.T, w, out=self._buf[:r])
+            p.mul_(lam[:, None])
+            scale = None
+        g = self._g
+        if g is None:
+            if scale is None:
+                w.addmm_(vecs, p, alpha=-lr)
+            else:
+                w.add_(p, alpha=-lr)
+        else:
+            if scale is None:
+                g.addmm_(vecs, p, beta=self.momentum, alpha=self.lr)
+            else:
+                g.mul_(self.momentum).add_(p, alpha=self.lr)
+            w.add_(g, alpha=-lr / self.lr)
+        del p
+        self._update_rank = min(n, self._update_rank + rank)
         self.t += 1
-        self._rescale()
+        b = self._block
+        b["steps"] += 1
+        b["log_hi"] += log_hi
+        b["log_lo"] += log_lo
+        b["log_cond"] += log_hi - log_lo
+        self._censor += log_hi
+        if killed:  # rounding noise of size N eps ||Y|| in the killed directions
+            self._censor = max(self._censor, math.log(n * EPS64) + self._log_norm_bound())
+        due = (b["steps"] >= self._interval) if g is not None else (b["log_cond"] > REORTH_LOG_COND)
+        if due or b["log_hi"] > REORTH_LOG_NORM or b["log_lo"] < -REORTH_LOG_NORM:
+            self._reorthonormalise()
 
-    def _rescale(self) -> None:
-        m = self._y.abs().max()
+    def _factor_block(self, z: torch.Tensor, mode: str) -> tuple[torch.Tensor | None, torch.Tensor,
+                                                                  torch.Tensor, torch.Tensor]:
+        """Q (or None), R of z[:, perm] with the columns pre-sorted by weight |z_j| e^rho_j; the permutation."""
+        weights = torch.log(torch.linalg.vector_norm(z, dim=0))
+        if self._rho is not None:
+            weights = weights + self._rho
+        perm = torch.argsort(weights, descending=True)
+        if mode == "r":
+            return None, torch.linalg.qr(z[:, perm], mode="r")[1], perm, weights
+        q, r = torch.linalg.qr(z[:, perm])
+        return q, r, perm, weights
+
+    def _graded_t(self, r: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rho', T~') of R P^T T in graded form."""
+        n = self.num_params
+        if self._rho is None:
+            rho, tt = torch.zeros(n, dtype=torch.float64, device=r.device), None
+        else:
+            rho, tt = self._rho[perm], self._tt[perm]
+        new_rho, new_tt = _graded_product(r, rho, tt)
+        if self._rho is None:  # T~ = P^T: the product R P^T is a column permutation of R
+            new_tt = new_tt[:, torch.argsort(perm)]
+        return new_rho, new_tt
+
+    def _reorthonormalise(self) -> None:
+        n = self.num_params
+        z = self._w if self._g is None else torch.cat([self._w, self._g])
+        q, r, perm, _ = self._factor_block(z, "reduced")
+        del z
+        if self._g is not None:  # measured block condition estimate: adapt the interval
+            d = torch.log(torch.diagonal(r).abs())
+            log_cond = float(d.max() - d.min()) if bool(torch.isfinite(d).all()) else math.inf
+            if log_cond > REORTH_LOG_COND:
+                self._interval = max(1, self._interval // 2)
+            elif log_cond < 0.5 * REORTH_LOG_COND:
+                self._interval = min(4096, 2 * self._interval)
+            self._rel_err += self._block_error(log_cond)
+        else:
+            self._rel_err += self._block_error()
+        self._rho, self._tt = self._graded_t(r, perm)
+        del r
+        self._w = q[:n].contiguous()
+        self._g = None if self._g is None else q[n:].contiguous()
+        self._t_log_norm = _log_sum_exp2(self._rho)
+        self._block = {"steps": 0, "log_cond": 0.0, "log_hi": 0.0, "log_lo": 0.0}
+        self.reorthonormalisations += 1
+
+    def graded_snapshot(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(rho, T~, relative error) with Y_t = Q diag(e^rho) T~ for an orthonormal Q (not formed): the QR of
+        the current block folded into T, leaving the state untouched."""
+        _, r, perm, _ = self._factor_block(self._w, "r")
+        rho, tt = self._graded_t(r, perm)
+        log_cond = self._block["log_cond"]
         if self._g is not None:
-            m = torch.maximum(m, self._g.abs().max())
-        if not bool(torch.isfinite(m)):
-            raise FloatingPointError("tangent map became non-finite within one step (|lr H| too large?)")
-        if float(m) == 0.0:
-            return
-        e = int(torch.frexp(m)[1])
-        if e:
-            self._y = _ldexp(self._y, -e)
-            if self._g is not None:
-                self._g = _ldexp(self._g, -e)
-            self._log2_scale += e
+            d = torch.log(torch.diagonal(r).abs())
+            log_cond = float(d.max() - d.min()) if bool(torch.isfinite(d).all()) else math.inf
+        return rho, tt, self._rel_err + self._block_error(log_cond)
 
     def matrix(self) -> torch.Tensor:
-        """The true Y_t = Y_scaled * 2**k. May overflow to inf (or underflow to 0) over long horizons."""
-        return _ldexp(self._y, self._log2_scale)
+        """The true Y_t. May overflow to inf (or underflow to 0) over long horizons."""
+        if self._rho is None:
+            return self._w.clone()
+        return self._w @ (torch.exp(self._rho)[:, None] * self._tt)
 
     def scaled(self) -> tuple[torch.Tensor, float]:
-        """(Y_scaled, log_scale) with Y_t = Y_scaled * exp(log_scale); max|Y_scaled| in [0.5, 1)."""
-        return self._y.clone(), self.log_scale
+        """(Y_scaled, log_scale) with Y_t = Y_scaled * exp(log_scale); max|Y_scaled| in [0.5, 1). Parts of
+        Y_t below 2^-1074 max|Y_t| are lost (use :meth:`lyapunov` for the spectrum)."""
+        if self._rho is None:
+            y, shift = self._w.clone(), 0.0
+        else:
+            shift = float(self._rho[torch.isfinite(self._rho)].max())
+            y = self._w @ (torch.exp(self._rho - shift)[:, None] * self._tt)
+        m = y.abs().max()
+        if not bool(torch.isfinite(m)):
+            raise FloatingPointError("tangent map is not finite")
+        e = int(torch.frexp(m)[1]) if float(m) > 0.0 else 0
+        return _ldexp(y, -e), shift + e * LN2
 
     def lyapunov(self, tol: float = 0.0, method: str = "auto") -> FiniteTimeLyapunov:
         """The finite-time exponents of Y_t (see :func:`finite_time_lyapunov`)."""
@@ -246,31 +452,67 @@ class TangentMap:
 
     def structured_applicable(self, strict: bool = True) -> bool:
         """Whether the structured (low-rank Y_t - I) path can be used: the true Y_t is representable
-        (|log2 scale| <= STRUCTURED_MAX_LOG2_SCALE) and, if ``strict`` (what ``method="auto"`` asks), it pays
-        off: 2 (update_rank + STRUCTURED_OVERSAMPLING) < N / 2."""
-        if abs(self._log2_scale) > STRUCTURED_MAX_LOG2_SCALE:
+        (log2 of the bound on ||Y_t|| and of the smallest row scale within +-STRUCTURED_MAX_LOG2_SCALE) and,
+        if ``strict`` (what ``method="auto"`` asks), it pays off: 2 (update_rank + STRUCTURED_OVERSAMPLING)
+        < N / 2."""
+        limit = STRUCTURED_MAX_LOG2_SCALE * LN2
+        if self._log_norm_bound() > limit or self._block["log_lo"] < -limit:
             return False
+        if self._rho is not None:
+            finite = self._rho[torch.isfinite(self._rho)]
+            if finite.numel() and float(finite.min()) < -limit:
+                return False
         return not strict or 2 * (self._update_rank + STRUCTURED_OVERSAMPLING) < self.num_params / 2
 
     def state_dict(self) -> dict:
-        """Everything needed to continue: plain numbers and tensors (clones)."""
-        return {"num_params": self.num_params, "lr": self.lr, "momentum": self.momentum, "t": self.t,
-                "log2_scale": self._log2_scale, "update_rank": self._update_rank, "y": self._y.clone(),
-                "g": None if self._g is None else self._g.clone()}
+        """Everything needed to continue bit-identically: plain numbers and tensors (clones)."""
+        def c(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.clone()
+
+        return {"format": 2, "num_params": self.num_params, "lr": self.lr, "momentum": self.momentum,
+                "t": self.t, "update_rank": self._update_rank, "w": c(self._w), "lr_g": c(self._g),
+                "rho": c(self._rho), "tt": c(self._tt), "block": dict(self._block), "rel_err": self._rel_err,
+                "censor": self._censor, "t_log_norm": self._t_log_norm, "interval": self._interval,
+                "reorthonormalisations": self.reorthonormalisations}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (the shapes and the presence of momentum must agree). A state without
-        ``update_rank`` (older checkpoints) gets the trivial bound N: always the full SVD."""
+        """Restore a :meth:`state_dict` (the shapes and the presence of momentum must agree). Older
+        checkpoints (``y``/``g``/``log2_scale``, no ``format``) load as W = Y_scaled, T = 2^k I, lr G = lr g;
+        without ``update_rank`` the bound is N (always the full path)."""
         if int(state["num_params"]) != self.num_params:
             raise ValueError(f"state is for {state['num_params']} parameters, not {self.num_params}")
-        if (state["g"] is None) != (self._g is None):
+        legacy = "format" not in state
+        g_key = "g" if legacy else "lr_g"
+        if (state[g_key] is None) != (self._g is None):
             raise ValueError("state and tangent map disagree on momentum")
-        device = self._y.device
+        device = self._w.device
+
+        def f64(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(device=device, dtype=torch.float64).clone()
+
         self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
-        self.t, self._log2_scale = int(state["t"]), int(state["log2_scale"])
+        self.t = int(state["t"])
         self._update_rank = min(self.num_params, int(state.get("update_rank", self.num_params)))
-        self._y = state["y"].to(device=device, dtype=torch.float64).clone()
-        self._g = None if state["g"] is None else state["g"].to(device=device, dtype=torch.float64).clone()
+        if legacy:
+            self._w = f64(state["y"])
+            self._g = None if state["g"] is None else self.lr * f64(state["g"])
+            k = int(state["log2_scale"])
+            self._rho, self._tt = None, None
+            if k:
+                self._rho = torch.full((self.num_params,), k * LN2, dtype=torch.float64, device=device)
+                self._tt = torch.eye(self.num_params, dtype=torch.float64, device=device)
+            self._block = {"steps": 0, "log_cond": REORTH_LOG_COND, "log_hi": math.log(self.num_params),
+                           "log_lo": 0.0}
+            self._rel_err, self._censor, self._interval = 0.0, -math.inf, MOMENTUM_INTERVAL
+            self._t_log_norm = 0.0 if self._rho is None else _log_sum_exp2(self._rho)
+            self.reorthonormalisations = 0
+            return
+        self._w, self._g = f64(state["w"]), f64(state["lr_g"])
+        self._rho, self._tt = f64(state["rho"]), f64(state["tt"])
+        self._block = dict(state["block"])
+        self._rel_err, self._censor = float(state["rel_err"]), float(state["censor"])
+        self._t_log_norm, self._interval = float(state["t_log_norm"]), int(state["interval"])
+        self.reorthonormalisations = int(state["reorthonormalisations"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,12 +524,20 @@ class FiniteTimeLyapunov:
     """Finite-time Lyapunov spectrum of Y_t: exponents (1/(2t)) log eig(Y_t^T Y_t) = (1/t) log sigma_i(Y_t).
 
     ``exponents`` are descending (float64); ``vectors`` holds the eigenvectors of L_t = Y_t^T Y_t (right
-    singular vectors of Y_t) as columns in the same order. Singular values below sigma_max * N * eps(float64)
-    cannot be resolved in float64 (not by the SVD, nor by the recursion that produced Y_t): their exponents
-    are set to -inf (like the paper's "-inf" minimal LCEs) and count as non-chaotic. ``resolution`` is the
-    exponent of that threshold: every finite exponent is >= it. Exponents in [-tol, tol] count as
-    non-chaotic (edge); the paper's definition is tol = 0 (chaotic iff eig(L_t) > 1). ``method`` says how
-    it was computed: "full" (SVD of Y_t) or "structured" (low-rank Y_t - I, see :func:`finite_time_lyapunov`).
+    singular vectors of Y_t) as columns in the same order. Singular values below the method's resolution
+    cannot be resolved in float64: their exponents are set to -inf (like the paper's "-inf" minimal LCEs) and
+    count as non-chaotic; ``resolution`` is the exponent of that threshold (every finite exponent is >= it,
+    every unresolved one is < it).
+
+    Classification (safe at any ``tol``, including the paper's tol = 0): exponent i is chaotic iff it exceeds
+    tol by more than its own float64 error estimate, lambda_i - err_i > tol. A direction that no step touched
+    has sigma = 1 +- a few eps, i.e. lambda = 0 +- err: it never counts as chaotic. ``chaotic_dim_certain`` is
+    True only if no exponent could lie on the other side of tol: every non-chaotic finite exponent has
+    lambda_i + err_i <= tol and no unresolved one can exceed tol (resolution <= tol). ``method`` says how it
+    was computed: "graded" (graded representation), "full" (SVD of the formed Y_t), "structured" (low-rank
+    Y_t - I), see :func:`finite_time_lyapunov`. ``errors`` (optional; the graded path sets it) overrides the
+    default first-order error estimate of the full SVD. ``resolution`` on the graded path is the largest
+    exponent an unresolved direction could have (-inf if none); finite exponents may lie below it.
     """
 
     exponents: torch.Tensor
@@ -296,6 +546,8 @@ class FiniteTimeLyapunov:
     resolution: float
     tol: float = 0.0
     method: str = "full"
+    errors: torch.Tensor | None = None
+    eigenvector_mask: torch.Tensor | None = None
 
     @property
     def resolved(self) -> torch.Tensor:
@@ -319,8 +571,22 @@ class FiniteTimeLyapunov:
 
     @property
     def chaotic_mask(self) -> torch.Tensor:
-        """exponent > tol, i.e. eig(L_t) > exp(2 t tol)."""
-        return self.exponents > self.tol
+        """lambda_i - err_i > tol: chaotic beyond the exponent's own rounding error (unresolved: never)."""
+        return (self.exponents - self.error_estimate) > self.tol
+
+    @property
+    def uncertain_mask(self) -> torch.Tensor:
+        """Non-chaotic exponents whose error interval reaches above tol (lambda_i + err_i > tol), and the
+        unresolved ones when the resolution lies above tol: these could be chaotic."""
+        err = self.error_estimate
+        finite = self.resolved
+        upper = torch.where(finite, self.exponents + torch.where(finite, err, 0.0), self.resolution)
+        return ~self.chaotic_mask & (upper > self.tol)
+
+    @property
+    def num_uncertain(self) -> int:
+        """How many non-chaotic directions could be chaotic: chaotic_dim <= true dim <= chaotic_dim + this."""
+        return int(self.uncertain_mask.sum())
 
     @property
     def chaotic_dim(self) -> int:
@@ -332,8 +598,11 @@ class FiniteTimeLyapunov:
 
     @property
     def error_estimate(self) -> torch.Tensor:
-        """First-order float64 error of each exponent: log(1 + N eps sigma_max / sigma_i) / t (inf if
-        unresolved). Exponents close to ``resolution`` sit on the rounding-noise floor and are unreliable."""
+        """Float64 error bound of each exponent (inf if unresolved). Default (full SVD): the SVD's absolute
+        error N eps sigma_max in relative terms, log(1 + N eps sigma_max / sigma_i) / t; exponents close to
+        ``resolution`` sit on the rounding-noise floor and are unreliable. ``errors`` overrides it."""
+        if self.errors is not None:
+            return self.errors
         gap = self.t * (self.exponents[0] - self.exponents)
         return torch.log1p(self.vectors.shape[0] * EPS64 * torch.exp(gap)) / self.t
 
@@ -344,10 +613,23 @@ class FiniteTimeLyapunov:
 
     @property
     def chaotic_dim_certain(self) -> bool:
-        """Whether unresolved exponents are surely non-chaotic (``resolution <= tol``). Over long horizons the
-        resolution climbs above 0 (only ~36/t below the top exponent is resolvable in float64); then
+        """Whether ``chaotic_dim`` is exact: no exponent within its error estimate of tol and no unresolved
+        exponent that could exceed tol (``num_uncertain == 0``). Over long horizons on the full-SVD path the
+        resolution climbs above 0 (only ~(36 + ln N)/t below the top exponent is resolvable); then
         ``chaotic_dim`` is only a lower bound."""
-        return self.resolution <= self.tol
+        return self.num_uncertain == 0
+
+    @property
+    def decision_exponents(self) -> torch.Tensor:
+        """Exponents to hand to ``perturb.perturbation_direction(exponents=..., tol=self.tol)`` so that its
+        threshold reproduces ``chaotic_mask`` (uncertain exponents clamped to tol) and its argmin picks the
+        smallest RESOLVED exponent (unresolved ones set equal to it; they come after it, argmin takes the
+        first)."""
+        x = torch.where(self.chaotic_mask, self.exponents, torch.clamp(self.exponents, max=self.tol))
+        finite = self.resolved
+        if bool(finite.any()) and not bool(finite.all()):
+            x = torch.where(finite, x, x[finite].min())
+        return x
 
     def chaotic_subspace(self) -> torch.Tensor:
         """Orthonormal basis (columns) of V_chaotic(t): eigenvectors of L_t with eigenvalue > 1."""
@@ -384,37 +666,51 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
                          ) -> FiniteTimeLyapunov:
     """Finite-time exponents of a :class:`TangentMap` (no overflow at any horizon).
 
-    ``method="full"``: SVD of the scaled N x N matrix (:func:`finite_time_exponents`). ``"structured"``: the
-    exact low-rank path. A = Y_t - I has rank <= k = ``tangent_map.update_rank``; on the orthogonal complement
-    of S = range(A) + range(A^T) both Y and Y^T act as the identity, so those directions are eigenvectors of
+    ``method="graded"``: from the tangent map's graded representation Y_t = Q diag(e^rho) T~ by
+    :func:`graded_svd`; resolves the whole spectrum at any horizon, each exponent with its own error
+    estimate (``errors``: the representation's relative error, the window SVD's and the deflation's, over
+    t). ``"full"``: the SVD of the formed, scaled N x N matrix (:func:`finite_time_exponents`): only
+    exponents within ~(36 + ln N)/t of the largest are resolved. ``"structured"``: the exact low-rank path.
+    A = Y_t - I has rank <= k = ``tangent_map.update_rank``; on the orthogonal complement of
+    S = range(A) + range(A^T) both Y and Y^T act as the identity, so those directions are eigenvectors of
     L_t with eigenvalue 1 (exponent exactly 0, non-chaotic for any tol >= 0), S is invariant under L_t and the
     other singular values and vectors come from the SVD of the N x m matrix Y Q, Q an orthonormal basis of S.
     Q comes from a randomized range finder with the exact rank bound (Gaussian probes A Omega_1, A^T Omega_2
     of width k + STRUCTURED_OVERSAMPLING, fixed seed) and a rank-revealing SVD (singular values above
     N eps s_max); the complement's basis from a complete QR of Q, so ``vectors`` stays a full orthonormal
     N x N matrix in descending-exponent order. Cost ~ N^2 k instead of ~ N^3; the resolution / -inf rule is
-    the full path's (sigma_max N eps). It needs the true Y_t (|log2 scale| <= STRUCTURED_MAX_LOG2_SCALE),
-    else ValueError. ``"auto"`` (the default) takes it when also 2 (k + STRUCTURED_OVERSAMPLING) < N / 2,
-    the full SVD otherwise; both agree up to rounding.
+    the full path's (sigma_max N eps). It needs the true Y_t to be representable
+    (:meth:`TangentMap.structured_applicable`), else ValueError. ``"auto"`` (the default) takes it when also
+    2 (k + STRUCTURED_OVERSAMPLING) < N / 2, else ``"gram"`` (:func:`_gram_exponents`: eigenvalues of
+    L_t = Y^T Y and only the eigenvectors the engine needs) when the spectrum is narrow enough for it, else
+    the graded path.
     """
     if method not in LYAPUNOV_METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(LYAPUNOV_METHODS)}")
     if tangent_map.t <= 0:
         raise ValueError("finite-time exponents need t >= 1 steps")
     if method == "structured" and not tangent_map.structured_applicable(strict=False):
-        raise ValueError("the structured path needs |log2 scale| <= "
-                         f"{STRUCTURED_MAX_LOG2_SCALE}, got {tangent_map._log2_scale}")
+        raise ValueError("the structured path needs a representable Y_t (log2 of its norm bound and row scales "
+                         f"within +-{STRUCTURED_MAX_LOG2_SCALE}); use method='graded'")
     if method == "structured" or (method == "auto" and tangent_map.structured_applicable()):
         return _structured_exponents(tangent_map, tol)
-    y, log_scale = tangent_map.scaled()
-    return finite_time_exponents(y, tangent_map.t, log_scale, tol)
+    if method == "full":
+        y, log_scale = tangent_map.scaled()
+        return finite_time_exponents(y, tangent_map.t, log_scale, tol)
+    if method in ("auto", "gram"):
+        fast = _gram_exponents(tangent_map, tol)
+        if fast is not None:
+            return fast
+        if method == "gram":
+            raise ValueError("the gram path does not apply here (spectrum too wide or too many chaotic "
+                             "directions); use method='graded'")
+    return _graded_exponents(tangent_map, tol)
 
 
 def _structured_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:
     """The structured path of :func:`finite_time_lyapunov` (checks done by the caller)."""
     n, t = tangent_map.num_params, tangent_map.t
-    y_scaled = tangent_map._y
-    a = y_scaled * 2.0 ** tangent_map._log2_scale  # the true Y_t: exact, |log2 scale| <= 900
+    a = tangent_map.matrix()  # the true Y_t (representable: checked by the caller)
     a.diagonal().sub_(1.0)  # A = Y_t - I
     width = min(tangent_map.update_rank + STRUCTURED_OVERSAMPLING, n)
     gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
@@ -441,6 +737,180 @@ def _structured_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyap
     exponents[sigma < threshold] = -math.inf
     resolution = math.log(threshold) / t if threshold > 0 else -math.inf
     return FiniteTimeLyapunov(exponents, vectors, int(t), resolution, float(tol), "structured")
+
+
+def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Singular values and right singular vectors of T = diag(e^rho) T~ (unit rows) at any spread of rho.
+
+    Deflation by windows of row scales: the rows within GRADED_WINDOW nats of the top one (plus the rows left
+    over from the previous window) are scaled by e^-top and decomposed (SVD, absolute error ~ N eps e^top).
+    Their singular values above every remaining row scale + GRADED_GAP are final: the remaining rows (norm
+    <= sqrt(n) e^next) move them by a relative N e^(-2 GRADED_GAP) at most, and the remaining problem is T
+    restricted to the orthogonal complement of the accepted right singular vectors (exact up to the same
+    order: block-triangular Schur complement). The others are carried to the next window as rows s_j v_j^T;
+    the remaining rows are projected onto the complement. Values below N eps of their window's largest are
+    rounding noise: unresolved. Returns (log sigma descending with -inf for unresolved, vectors N x N as
+    columns, error of each log sigma (inf for unresolved), log of the largest value an unresolved direction
+    can have (-inf if none)).
+    """
+    n = tt.shape[1]
+    dev = tt.device
+    order = torch.argsort(rho, descending=True)
+    order = order[torch.isfinite(rho[order])]
+    scales = rho[order].tolist()
+    rows_all = tt[order]
+    log_floor = math.log(n * EPS64)
+    logs, vecs, errs = [], [], []
+    lost_vecs: list[torch.Tensor] = []
+    log_lost = -math.inf
+    removed: torch.Tensor | None = None  # N x k: accepted and lost directions so far
+    left_rows = torch.zeros(0, n, dtype=torch.float64, device=dev)
+    left_scales = torch.zeros(0, dtype=torch.float64, device=dev)
+    i, total = 0, len(scales)
+    while i < total or left_rows.shape[0]:
+        if i < total:
+            j = i + 1
+            while j < total and scales[j] >= scales[i] - GRADED_WINDOW:
+                j += 1
+            new = rows_all[i:j]
+            new_scales = torch.tensor(scales[i:j], dtype=torch.float64, device=dev)
+            if removed is not None:  # project onto the complement of what is decided
+                new = new - (new @ removed) @ removed.T
+                norms = torch.linalg.vector_norm(new, dim=1)
+                keep = norms > n * EPS64
+                if bool((~keep).any()):
+                    log_lost = max(log_lost, float(new_scales[~keep].max()) + log_floor)
+                new = new[keep] / norms[keep, None]
+                new_scales = new_scales[keep] + torch.log(norms[keep])
+            i = j
+            rows = torch.cat([left_rows, new])
+            row_scales = torch.cat([left_scales, new_scales])
+        else:
+            rows, row_scales = left_rows, left_scales
+        if rows.shape[0] == 0:
+            left_rows, left_scales = rows, row_scales
+            continue
+        top = float(row_scales.max())
+        _, s, vh = torch.linalg.svd(torch.exp(row_scales - top)[:, None] * rows, full_matrices=False)
+        log_s = torch.log(s) + top
+        noise = float(log_s[0]) + log_floor
+        nxt = scales[i] if i < total else -math.inf
+        accept = (log_s > noise) & (log_s >= nxt + GRADED_GAP)
+        lost = log_s <= noise
+        carry = ~accept & ~lost
+        if bool(lost.any()):
+            log_lost = max(log_lost, noise)
+            lost_vecs.append(vh[lost])
+        gap = log_s[accept] - top
+        err = torch.log1p(n * EPS64 * torch.exp(-gap) + n * torch.exp(2.0 * (nxt - log_s[accept])))
+        logs.append(log_s[accept])
+        vecs.append(vh[accept])
+        errs.append(err)
+        decided = vh[accept | lost].T
+        if decided.shape[1]:
+            removed = decided if removed is None else torch.cat([removed, decided], dim=1)
+        left_rows, left_scales = vh[carry], log_s[carry]
+    log_sigma = torch.cat(logs) if logs else torch.zeros(0, dtype=torch.float64, device=dev)
+    v = torch.cat(vecs).T if vecs else torch.zeros(n, 0, dtype=torch.float64, device=dev)
+    err = torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64, device=dev)
+    idx = torch.argsort(log_sigma, descending=True)
+    log_sigma, v, err = log_sigma[idx], v[:, idx], err[idx]
+    lost_v = torch.cat(lost_vecs).T if lost_vecs else torch.zeros(n, 0, dtype=torch.float64, device=dev)
+    missing = n - v.shape[1] - lost_v.shape[1]
+    if missing > 0:  # rows that vanished or were absent (rho = -inf): complete the basis
+        known = torch.cat([v, lost_v], dim=1)
+        full_q, _ = torch.linalg.qr(known, mode="complete")
+        lost_v = torch.cat([lost_v, full_q[:, known.shape[1]:]], dim=1)
+        log_lost = max(log_lost, -math.inf)
+    k = lost_v.shape[1]
+    inf = torch.full((k,), math.inf, dtype=torch.float64, device=dev)
+    return (torch.cat([log_sigma, -inf]), torch.cat([v, lost_v], dim=1), torch.cat([err, inf]), log_lost)
+
+
+def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov | None:
+    """The fast path of :func:`finite_time_lyapunov` when the spectrum is narrow (None when it does not apply).
+
+    L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats), all eigenvalues by
+    ``eigvalsh`` (absolute error ~ N eps lambda_max, so each exponent's error estimate is
+    log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
+    engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
+    chaotic subspace) by Lanczos (ARPACK, fixed start vector; ``eigh`` for all vectors when more than
+    max(16, N / GRAM_LANCZOS_FRACTION) are needed), and the minimal one by block inverse iteration (Cholesky of L).
+    The other columns of ``vectors`` are an orthonormal basis of the rest of the
+    non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
+    perturbation strategies only need that span. Returns None (caller takes the graded path) if any
+    eigenvalue is at the noise floor or the spread is too wide.
+    """
+    n, t = tangent_map.num_params, tangent_map.t
+    w, rho, tt = tangent_map._w, tangent_map._rho, tangent_map._tt
+    shift = 0.0
+    if rho is None:
+        ys = w
+    else:
+        finite = torch.isfinite(rho)
+        if not bool(finite.all()):
+            return None
+        shift = float(rho.max())
+        if shift - float(rho.min()) > GRAM_MAX_SPREAD:
+            return None
+        ys = w @ (torch.exp(rho - shift)[:, None] * tt)
+    gram = ys.T @ ys
+    if rho is not None:
+        del ys
+    lam = torch.linalg.eigvalsh(gram)  # ascending
+    top = float(lam[-1])
+    if not top > 0.0 or float(lam[0]) <= 4.0 * n * EPS64 * top:
+        return None
+    lam = lam.flip(0)
+    rel = tangent_map.relative_error
+    err = (torch.log1p(n * EPS64 * top / lam) + 2.0 * math.log1p(rel)) / (2.0 * t)
+    exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
+    k = max(1, int(((exponents + err) > tol).sum()))
+    if k > max(16, n // GRAM_LANCZOS_FRACTION):  # many vectors: all of them from one symmetric eigensolver
+        vectors = torch.linalg.eigh(gram)[1].flip(1)
+        return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
+    gram_np = gram.cpu().numpy()
+    v0 = np.cos(np.arange(n, dtype=np.float64))
+    vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=1e-14, ncv=min(n, max(2 * k + 1, 20)))
+    top_vecs = torch.from_numpy(top_vecs[:, np.argsort(vals)[::-1]].copy()).to(gram.device)
+    # minimal eigenvector: block inverse iteration with Rayleigh-Ritz (rate lambda_1 / lambda_p+1)
+    chol = torch.linalg.cholesky(gram)
+    gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
+    x = torch.linalg.qr(torch.randn(n, min(16, n), generator=gen, dtype=torch.float64).to(gram.device))[0]
+    for _ in range(100):
+        x = torch.linalg.qr(torch.cholesky_solve(x, chol))[0]
+        theta, rv = torch.linalg.eigh(x.T @ gram @ x)
+        bottom = x @ rv[:, :1]
+        residual = float(torch.linalg.vector_norm(gram @ bottom - theta[0] * bottom))
+        if residual <= 10.0 * n * EPS64 * top:  # converged to the rounding level of L
+            break
+    bottom = bottom - top_vecs @ (top_vecs.T @ bottom)
+    bottom /= torch.linalg.vector_norm(bottom)
+    q, _ = torch.linalg.qr(torch.cat([top_vecs, bottom], dim=1), mode="complete")
+    middle = q[:, k + 1:]  # orthonormal, orthogonal to the chosen eigenvectors
+    vectors = torch.cat([top_vecs, middle, bottom], dim=1)
+    mask = torch.zeros(n, dtype=torch.bool, device=gram.device)
+    mask[:k] = True
+    mask[-1] = True
+    return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err, mask)
+
+
+def _graded_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:
+    """The graded path of :func:`finite_time_lyapunov` (checks done by the caller)."""
+    t = tangent_map.t
+    rho, tt, rel = tangent_map.graded_snapshot()
+    log_sigma, vectors, err, log_lost = graded_svd(rho, tt)
+    log_lost = max(log_lost, tangent_map.censor)
+    exponents = log_sigma / t
+    if math.isfinite(tangent_map.censor):  # values below the censor bound may be killed-direction noise
+        below = exponents < tangent_map.censor / t
+        exponents[below] = -math.inf
+        err = torch.where(below, math.inf, err)
+    errors = (err + math.log1p(rel)) / t
+    resolution = log_lost / t
+    order = torch.argsort(exponents, descending=True, stable=True)
+    return FiniteTimeLyapunov(exponents[order], vectors[:, order], int(t), resolution, float(tol), "graded",
+                              errors[order])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Theorem A.6 bound, checkpointing, and the structured (low-rank Y_t - I) path aga
 import io
 import math
 
+import mpmath
 import pytest
 import torch
 from torch.func import grad, jacrev
@@ -14,8 +15,10 @@ from chaosnb.lyapunov import (
     STRUCTURED_MAX_LOG2_SCALE,
     FiniteTimeLyapunov,
     TangentMap,
+    _ldexp,
     finite_time_exponents,
     finite_time_lyapunov,
+    graded_svd,
     henon_map,
     local_lyapunov_exponents,
     log_abs_det_jacobian,
@@ -26,6 +29,7 @@ from chaosnb.lyapunov import (
     qr_lyapunov_spectrum,
 )
 from chaosnb.models import make_flat_model
+from chaosnb.perturb import perturbation_direction
 
 F64 = torch.float64
 
@@ -201,6 +205,31 @@ def test_eigenvalue_at_one_over_lr_is_unresolved_minus_inf():
     assert ft.non_chaotic_dim == 3
 
 
+def test_untouched_directions_are_never_chaotic_at_default_tol():
+    """Directions no step touched have sigma = 1 +- eps: with the paper's tol = 0 they must not count as
+    chaotic (the old rule counted 17 of them here), and the count is uncertain (they sit at 0 +- err)."""
+    n, lr = 120, 0.1
+    vecs, _ = torch.linalg.qr(torch.randn(n, 4, generator=torch.Generator().manual_seed(13), dtype=F64))
+    lam1, lam2 = torch.tensor([-2.0, -1.0, 3.0, 30.0], dtype=F64), torch.tensor([-1.0, 0.5, -4.0, 25.0], dtype=F64)
+    tm = TangentMap(n, lr)
+    tm.step((lam1, vecs))
+    tm.step((lam2, vecs))
+    exact = torch.sort(torch.log(torch.abs((1 - lr * lam1) * (1 - lr * lam2))) / 2, descending=True).values
+    assert int((exact > 0).sum()) == 3
+    for method in ("full", "structured"):
+        ft = tm.lyapunov(method=method)
+        assert ft.chaotic_dim == 3 and ft.non_chaotic_dim == n - 3
+        assert torch.allclose(ft.exponents[:3], exact[:3], rtol=0, atol=1e-13)
+        assert not ft.chaotic_dim_certain and ft.num_uncertain >= 1  # exactly-0 exponents: 0 +- err
+        chaotic = ft.chaotic_subspace()
+        assert torch.linalg.matrix_norm(chaotic @ chaotic.T - vecs[:, [3, 0, 1]] @ vecs[:, [3, 0, 1]].T) < 1e-10
+        edge = tm.lyapunov(1e-12, method=method)  # an explicit edge band: certain
+        assert edge.chaotic_dim == 3 and edge.chaotic_dim_certain and edge.num_uncertain == 0
+    ft = tm.lyapunov(method="full")  # an exponent inside its own error bar is uncertain at any tol
+    close = FiniteTimeLyapunov(ft.exponents, ft.vectors, ft.t, ft.resolution, tol=float(exact[2]))
+    assert close.chaotic_dim == 2 and not close.chaotic_dim_certain
+
+
 def test_sum_rule_for_non_commuting_hessians():
     n, lr, t = 6, 0.3, 15
     gen = torch.Generator().manual_seed(0)
@@ -300,14 +329,21 @@ def test_long_horizon_no_overflow_and_unresolved_marked():
     assert not torch.isfinite(tm.matrix()).all()  # the true Y_t ~ e^1000 overflows float64
     y_scaled, log_scale = tm.scaled()
     assert torch.isfinite(y_scaled).all() and y_scaled.abs().max() < 1.0 and log_scale > 690
-    ft = tm.lyapunov()
-    assert ft.t == steps and not torch.isnan(ft.exponents).any()
-    assert torch.allclose(ft.exponents[:2], target[:2], rtol=0, atol=1e-9)
-    assert ft.num_unresolved == 2 and torch.all(ft.exponents[2:] == -math.inf)
-    assert ft.min_exponent == pytest.approx(0.495, abs=1e-9)
-    assert ft.chaotic_dim == 2 and ft.resolution > 0.48  # only ~36/t below the top is resolvable
-    assert not ft.chaotic_dim_certain  # a +0.3 exponent would also have been unresolved
-    assert torch.all(ft.error_estimate[:2] < 1e-12) and torch.all(torch.isinf(ft.error_estimate[2:]))
+    full = tm.lyapunov(method="full")  # the formed, scaled Y_t: only ~36/t below the top is resolvable
+    assert full.t == steps and not torch.isnan(full.exponents).any()
+    assert torch.allclose(full.exponents[:2], target[:2], rtol=0, atol=1e-9)
+    assert full.num_unresolved == 2 and torch.all(full.exponents[2:] == -math.inf)
+    assert full.min_exponent == pytest.approx(0.495, abs=1e-9)
+    assert full.chaotic_dim == 2 and full.resolution > 0.48
+    assert not full.chaotic_dim_certain  # a +0.3 exponent would also have been unresolved
+    assert torch.all(full.error_estimate[:2] < 1e-12) and torch.all(torch.isinf(full.error_estimate[2:]))
+    ft = tm.lyapunov()  # the graded representation resolves the whole spectrum
+    assert ft.method == "graded" and ft.num_unresolved == 0 and tm.reorthonormalisations > 0
+    assert torch.allclose(ft.exponents, target, rtol=0, atol=1e-12)
+    assert torch.all(ft.error_estimate < 1e-12) and ft.chaotic_dim == 2 and ft.chaotic_dim_certain
+    assert ft.exponent_sum == pytest.approx(float(target.sum()), abs=1e-12)  # the determinant sum rule
+    chaotic = ft.chaotic_subspace()
+    assert torch.linalg.matrix_norm(chaotic @ chaotic.T - q[:, :2] @ q[:, :2].T) < 1e-10
 
 
 def test_long_horizon_contracting_map_underflow():
@@ -367,9 +403,37 @@ def test_state_dict_round_trip_continues_identically(momentum):
     y0, s0 = original.scaled()
     y1, s1 = restored.scaled()
     assert torch.equal(y0, y1) and s0 == s1 and restored.t == original.t == 12
-    assert s0 != 0.0  # the rescaling was exercised
+    assert s0 != 0.0 and original.reorthonormalisations > (3 if momentum == 0 else -1)  # QR steps exercised
+    a, b = original.lyapunov(), restored.lyapunov()
+    assert torch.equal(a.exponents, b.exponents) and torch.equal(a.vectors, b.vectors)
+    assert torch.equal(a.error_estimate, b.error_estimate)
     with pytest.raises(ValueError):
         TangentMap(n + 1, 0.4, momentum).load_state_dict(original.state_dict())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_legacy_checkpoint_loads(momentum):
+    """A checkpoint of the old format (y, g scaled by 2^-k, log2_scale) continues the same tangent map."""
+    n, lr = 5, 0.4
+    gen = torch.Generator().manual_seed(4)
+    hs = [random_symmetric(n, gen) * 8.0 for _ in range(8)]
+    tm = TangentMap(n, lr, momentum)
+    for h in hs[:4]:
+        tm.step(h)
+    y = tm.matrix()
+    k = int(torch.frexp(y.abs().max())[1])
+    y_scaled, g = _ldexp(y, -k), None
+    if momentum:  # the old state held G = d buf / d theta_0 scaled like Y; the new one holds lr G
+        g = _ldexp(tm._g if tm._rho is None else tm._g @ (torch.exp(tm._rho)[:, None] * tm._tt), -k) / lr
+    legacy_state = {"num_params": n, "lr": lr, "momentum": momentum, "t": 4, "log2_scale": k, "y": y_scaled,
+                    "g": g}
+    legacy = TangentMap(n, 0.1, momentum)
+    legacy.load_state_dict(legacy_state)
+    assert legacy.update_rank == n
+    for h in hs[4:]:
+        tm.step(h)
+        legacy.step(h)
+    assert torch.allclose(legacy.lyapunov().exponents, tm.lyapunov().exponents, rtol=0, atol=1e-12)
 
 
 def test_finite_time_exponents_of_plain_matrix():
@@ -432,7 +496,7 @@ def test_structured_equals_full_on_tiny_model(momentum):
         bound += int((spec.eigenvalues != 0).sum())
     assert tm.update_rank == bound < n
     assert (tm.matrix() - torch.eye(n, dtype=F64)).abs().max() > 1e-3  # non-trivial
-    assert tm.lyapunov(1e-12).method == "full"  # too small an N for the structured path to pay off
+    assert tm.lyapunov(1e-12).method == "gram"  # too small an N for the structured path to pay off
     full, fast = tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12, method="structured")
     assert int((fast.exponents == 0.0).sum()) >= n - 2 * bound  # the complement: exponent exactly 0
     assert_same_spectrum(full, fast, tm.matrix())
@@ -492,15 +556,15 @@ def test_auto_picks_structured_only_for_small_rank_bound():
         lowrank_steps(tm, 1, 8, seed=7 + tm.t)
         methods.append((tm.update_rank, tm.lyapunov(1e-12).method))
     assert methods == [(8, "structured"), (16, "structured"), (24, "structured"), (32, "structured"),
-                       (40, "full")]
-    assert_same_spectrum(tm.lyapunov(1e-12), tm.lyapunov(1e-12, method="structured"), tm.matrix())
+                       (40, "gram")]
+    assert_same_spectrum(tm.lyapunov(1e-12, method="full"), tm.lyapunov(1e-12, method="structured"), tm.matrix())
 
     dense = TangentMap(n, 0.05)
     lowrank_steps(dense, 1, 3, seed=8)
     assert dense.lyapunov().method == "structured"
     dense.step(random_symmetric(n, torch.Generator().manual_seed(9)))
     lowrank_steps(dense, 1, 3, seed=10)
-    assert dense.update_rank == n and dense.lyapunov().method == "full"
+    assert dense.update_rank == n and dense.lyapunov().method in ("gram", "graded")
     with pytest.raises(ValueError):
         dense.lyapunov(method="bogus")
 
@@ -512,8 +576,9 @@ def test_structured_needs_a_representable_scale():
         tm.step((torch.tensor([-1e3], dtype=F64), v))
     assert tm.update_rank == 50 and tm.scaled()[1] / math.log(2.0) > STRUCTURED_MAX_LOG2_SCALE
     tm._update_rank = 1  # rank 1 indeed, but the true Y_t is not representable: auto falls back
-    assert tm.lyapunov().method == "full"
+    assert tm.lyapunov().method == "graded"
     assert tm.lyapunov().max_exponent == pytest.approx(math.log(1001.0), abs=1e-12)
+    assert tm.lyapunov(method="full").max_exponent == pytest.approx(math.log(1001.0), abs=1e-12)
     with pytest.raises(ValueError):
         tm.lyapunov(method="structured")
     with pytest.raises(ValueError):
@@ -535,4 +600,130 @@ def test_state_dict_keeps_update_rank():
     old = {key: value for key, value in state.items() if key != "update_rank"}  # a checkpoint from before
     legacy = TangentMap(n, 0.05, 0.9)
     legacy.load_state_dict(old)
-    assert legacy.update_rank == n and legacy.lyapunov(1e-12).method == "full"
+    assert legacy.update_rank == n and legacy.lyapunov(1e-12).method == "gram"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier 6: the graded representation against high precision (mpmath) where float64 SVDs lose the spectrum
+# ----------------------------------------------------------------------------------------------------------
+
+def spread_problem(t: int, seed: int = 0, n: int = 6) -> list[torch.Tensor]:
+    """Non-commuting steps J_s = I - H_s whose exponents spread ~3 nats per step (e^{-870} .. e^{180} at
+    t = 300): no single float64 matrix can hold Y_t's spectrum."""
+    gen = torch.Generator().manual_seed(seed)
+    d = 1.0 - torch.tensor([1.8, 1.3, 1.0, 0.7, 0.3, 0.1], dtype=F64)[:n]
+    hs = []
+    for _ in range(t):
+        a = torch.randn(n, n, generator=gen, dtype=F64) * 0.15
+        hs.append(torch.diag(d) + 0.5 * (a + a.T))
+    return hs
+
+
+def mpmath_spectrum(hs: list[torch.Tensor], lr: float, dps: int) -> tuple[list[float], list[list[float]]]:
+    """Exponents (descending) and right singular vectors (rows) of prod (I - lr H_s) in high precision."""
+    n = hs[0].shape[0]
+    with mpmath.workdps(dps):
+        y = mpmath.eye(n)
+        for h in hs:
+            y = (mpmath.eye(n) - lr * mpmath.matrix(h.tolist())) * y
+        _, s, vt = mpmath.svd_r(y)
+        order = sorted(range(n), key=lambda i: -s[i])
+        exps = [float(mpmath.log(s[i])) / len(hs) for i in order]
+        vecs = [[float(vt[i, j]) for j in range(n)] for i in order]
+    return exps, vecs
+
+
+def test_graded_path_resolves_whole_spectrum_against_mpmath():
+    hs = spread_problem(300)
+    ref, ref_vecs = mpmath_spectrum(hs, 1.0, dps=450)
+    assert ref[0] * 300 - ref[-1] * 300 > 900  # far beyond float64's range: e^{~1000}
+    tm = TangentMap(6, 1.0)
+    for h in hs:
+        tm.step(h)
+    old = tm.lyapunov(method="full")  # one SVD of the scaled Y_t: everything below the top is lost
+    assert old.num_unresolved == 5 and old.min_exponent == pytest.approx(ref[0], abs=1e-12)
+    ft = tm.lyapunov()
+    assert ft.method == "graded" and ft.num_unresolved == 0 and tm.reorthonormalisations > 10
+    exact = torch.tensor(ref, dtype=F64)
+    err = ft.error_estimate
+    assert torch.all(err < 1e-11)
+    assert torch.all((ft.exponents - exact).abs() <= err)  # every exponent within its own error estimate
+    assert ft.chaotic_dim == int((exact > 0).sum()) == 2 and ft.chaotic_dim_certain
+    assert ft.min_exponent == pytest.approx(ref[-1], abs=1e-12)
+    overlaps = (ft.vectors.T @ torch.tensor(ref_vecs, dtype=F64).T).diagonal().abs()
+    assert torch.all(overlaps > 1 - 1e-10)  # every right singular vector (the minimal one included)
+    assert ft.exponent_sum == pytest.approx(log_det_sum(hs, 1.0), abs=1e-10)
+
+
+def test_graded_svd_of_synthetic_graded_matrix_against_mpmath():
+    """T = diag(e^rho) T~ with rho over 2,000 nats, many windows, near-equal scales mixed."""
+    n = 12
+    gen = torch.Generator().manual_seed(5)
+    rho = torch.tensor([0.0, -3.0, -5.0, -5.5, -40.0, -41.0, -300.0, -301.5, -302.0, -900.0, -1500.0, -2000.0],
+                       dtype=F64)[torch.randperm(n, generator=gen)]
+    tt = torch.randn(n, n, generator=gen, dtype=F64)
+    tt /= torch.linalg.vector_norm(tt, dim=1, keepdim=True)
+    log_sigma, vecs, err, log_lost = graded_svd(rho, tt)
+    with mpmath.workdps(1200):
+        t_mp = mpmath.matrix(n, n)
+        for i in range(n):
+            for j in range(n):
+                t_mp[i, j] = mpmath.exp(mpmath.mpf(float(rho[i]))) * mpmath.mpf(float(tt[i, j]))
+        s = mpmath.svd_r(t_mp, compute_uv=False)
+        ref = torch.tensor(sorted((float(mpmath.log(x)) for x in s), reverse=True), dtype=F64)
+    assert log_lost == -math.inf and torch.all(torch.isfinite(log_sigma))
+    assert torch.all((log_sigma - ref).abs() <= err) and torch.all(err < 1e-9)
+    assert torch.allclose(vecs.T @ vecs, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_gram_path_equals_full_svd(momentum):
+    """Full-rank low-rank-pair steps (N = 300): the fast path's exponents, chaotic dimension, chaotic subspace
+    and extreme directions agree with the full SVD within the error estimates."""
+    n = 300
+    tm = TangentMap(n, 0.05, momentum)
+    gen = torch.Generator().manual_seed(21)
+    for _ in range(40):  # mostly positive curvature: a few chaotic directions
+        vecs, _ = torch.linalg.qr(torch.randn(n, 12, generator=gen, dtype=F64))
+        tm.step((8.0 * torch.rand(12, generator=gen, dtype=F64) - 1.0, vecs))
+    assert tm.update_rank == n
+    full, fast = tm.lyapunov(method="full"), tm.lyapunov()
+    assert fast.method == "gram" and fast.num_unresolved == 0 and full.num_unresolved == 0
+    assert torch.all((fast.exponents - full.exponents).abs() <= fast.error_estimate + full.error_estimate)
+    assert fast.chaotic_dim == full.chaotic_dim > 0 and fast.chaotic_dim_certain == full.chaotic_dim_certain
+    p_full, p_fast = (b @ b.T for b in (full.chaotic_subspace(), fast.chaotic_subspace()))
+    assert torch.linalg.matrix_norm(p_full - p_fast) < 1e-8
+    assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+    mask = fast.eigenvector_mask
+    if momentum:  # 92 chaotic directions: all eigenvectors from one eigh
+        assert mask is None and fast.chaotic_dim > 16
+        mask = torch.ones(n, dtype=torch.bool)
+    else:  # Lanczos for the few chaotic ones, inverse iteration for the minimal one
+        assert bool(mask[0]) and bool(mask[-1]) and int(mask.sum()) <= 16
+    for i in (0, n - 1):  # the extreme directions: the full path's (up to sign)
+        assert abs(float(fast.vectors[:, i] @ full.vectors[:, i])) > 1 - 1e-8
+    y = tm.matrix()
+    yv = y @ fast.vectors[:, mask]
+    sigma2 = torch.exp(2.0 * tm.t * fast.exponents[mask])
+    assert torch.allclose(yv.T @ yv, torch.diag(sigma2), rtol=1e-9, atol=1e-12)
+
+
+def test_decision_exponents_make_perturbation_directions_consistent():
+    """Uncertain exponents never enter the chaotic strategy; max_non_chaotic is the smallest RESOLVED one."""
+    lr = 0.5
+    h = torch.tensor([-0.6, 0.0, 0.3, 1.0, 2.0], dtype=F64)  # 0.0: exponent 0 +- err; 2.0 = 1/lr: killed
+    q = random_orthogonal(5, seed=1)
+    tm = TangentMap(5, lr)
+    for _ in range(10):
+        tm.step((q * h) @ q.T)
+    ft = tm.lyapunov(method="full")
+    assert ft.num_unresolved == 1 and ft.num_uncertain >= 1 and ft.chaotic_dim == 1
+    x = ft.decision_exponents
+    assert torch.equal(x > ft.tol, ft.chaotic_mask)
+    gen = torch.Generator().manual_seed(0)
+    d = perturbation_direction("chaotic", exponents=x, eigenvectors=ft.vectors, generator=gen, tol=ft.tol)
+    assert abs(float(d @ q[:, 0])) == pytest.approx(1.0, abs=1e-10)
+    d = perturbation_direction("max_non_chaotic", exponents=x, eigenvectors=ft.vectors, tol=ft.tol)
+    assert abs(float(d @ q[:, 3])) == pytest.approx(1.0, abs=1e-10)  # lambda = 1: log 0.5, not the killed one
+    raw = perturbation_direction("max_non_chaotic", exponents=ft.exponents, eigenvectors=ft.vectors, tol=ft.tol)
+    assert abs(float(raw @ q[:, 4])) == pytest.approx(1.0, abs=1e-6)  # what the raw exponents would pick

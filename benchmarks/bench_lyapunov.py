@@ -1,0 +1,211 @@
+"""Tangent-map step (issue 10, target 3) and finite-time spectrum (target 4) for the MLP (N = 5,350), float64.
+
+Target 3 (one step of Y <- (I - lr V diag(lam) V^T) Y with a rank-r pair, r = 218 by default):
+  floor = the two float64 products of that step's shapes, timed back to back in the same repetition:
+          P = V^T Y (r x N) and V P (N x N), into preallocated outputs;
+  old   = the previous step (Y - lr * (V @ (lam * (V^T Y))) with its N x N temporaries and the per-step
+          exact rescale: a max|Y| pass and a power-of-two multiply);
+  new   = ``TangentMap.step``: one product V^T W, lam scaling of the r x N block, one in-place addmm with
+          alpha = -lr; no rescale pass (the block's norm is bounded by the re-orthonormalisation budget).
+  PASS if new <= 1.3 x floor (medians over --repeats interleaved repetitions). The re-orthonormalisation (QR of
+  the block + the graded product, every ~REORTH_LOG_COND / (lr (max lam - min lam)) steps) is timed once and
+  reported amortised per step.
+Target 4 (one finite-time spectrum of a real MLP tangent map after --steps training steps on USPS, batch 8, lr
+  1e-3, low-rank spectra as the engine computes them):
+  old = the previous path: the full 5,350 x 5,350 SVD of the scaled Y_t (``method="full"``);
+  new = ``TangentMap.lyapunov`` as the engine calls it (``method="auto"``, tol = the engine's 1e-12).
+  PASS if old / new >= 5 and the chaotic dimension is the same and every exponent agrees within the sum of
+  both error estimates; it also prints the distance of the chaotic-subspace projectors and the overlaps of
+  the extreme directions.
+Each --threads value is one pass (torch.set_num_threads); the machine may be shared, so only ratios measured in
+the same pass mean something.
+
+    CHAOSNB_DATA=../shared/data .venv/bin/python benchmarks/bench_lyapunov.py --threads 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from chaosnb.lyapunov import EPS64, REORTH_LOG_COND, TangentMap, _ldexp  # noqa: E402
+
+F64 = torch.float64
+
+
+def old_step(y: torch.Tensor, log2_scale: int, lam: torch.Tensor, vecs: torch.Tensor, lr: float
+             ) -> tuple[torch.Tensor, int]:
+    """The previous implementation of TangentMap.step for a pair (plain SGD), rescale included."""
+    hy = vecs @ (lam[:, None] * (vecs.T @ y))
+    y = y - lr * hy
+    m = y.abs().max()
+    if not bool(torch.isfinite(m)):
+        raise FloatingPointError("non-finite")
+    e = int(torch.frexp(m)[1])
+    if e:
+        y = _ldexp(y, -e)
+        log2_scale += e
+    return y, log2_scale
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def target3(n: int, rank: int, lr: float, repeats: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    vecs, _ = torch.linalg.qr(torch.randn(n, rank, generator=gen, dtype=F64))
+    lam = 2.0 * torch.randn(rank, generator=gen, dtype=F64)
+    y0 = torch.eye(n, dtype=F64) + torch.randn(n, n, generator=gen, dtype=F64) / math.sqrt(n)
+    p_out, b_out = torch.empty(rank, n, dtype=F64), torch.empty(n, n, dtype=F64)
+    tm = TangentMap(n, lr)
+    tm._w = y0.clone()
+    y_old, k_old = y0.clone(), 0
+    floor, old, new = [], [], []
+    for _ in range(repeats + 1):  # the first repetition warms up and is dropped
+        f = timed(lambda: torch.mm(vecs.T, y0, out=p_out)) + timed(lambda: torch.mm(vecs, p_out, out=b_out))
+        start = time.perf_counter()
+        y_old, k_old = old_step(y_old, k_old, lam, vecs, lr)
+        o = time.perf_counter() - start
+        before = tm.reorthonormalisations
+        s = timed(lambda: tm.step((lam, vecs)))
+        assert tm.reorthonormalisations == before, "a re-orthonormalisation fell into the timed steps"
+        floor.append(f)
+        old.append(o)
+        new.append(s)
+    floor, old, new = floor[1:], old[1:], new[1:]
+    reorth_s = timed(tm._reorthonormalise)
+    per_step_cond = lr * float(lam.max() - lam.min())
+    steps_per_reorth = REORTH_LOG_COND / per_step_cond
+    out = {"n": n, "rank": rank, "floor_s": statistics.median(floor), "old_s": statistics.median(old),
+           "new_s": statistics.median(new), "reorth_s": reorth_s, "steps_per_reorth": steps_per_reorth}
+    out["new_over_floor"] = out["new_s"] / out["floor_s"]
+    out["old_over_floor"] = out["old_s"] / out["floor_s"]
+    out["reorth_per_step_s"] = reorth_s / steps_per_reorth
+    out["pass"] = out["new_over_floor"] <= 1.3
+    return out
+
+
+def mlp_tangent_map(steps: int, seed: int) -> TangentMap:
+    """The engine's tangent map after ``steps`` steps of the USPS MLP (batch 8, lr 1e-3, low-rank spectra)."""
+    from chaosnb.config import RunConfig
+    from chaosnb.train import Training
+
+    config = RunConfig(dataset="usps", model="mlp", batch_size=8, steps=steps + 1, seed=seed, lr=1e-3,
+                       spectrum_method="lowrank", tangent_steps=(steps + 1,))
+    training = Training(config)
+    for _ in range(steps):
+        training.advance()
+    if training.status == "diverged":
+        raise RuntimeError(f"training diverged: {training.diverged_reason}")
+    return training.tangent
+
+
+def target4(tm: TangentMap, tol: float) -> dict:
+    box = {}
+    new_s = timed(lambda: box.update(new=tm.lyapunov(tol)))
+    print(f"  new path ({box['new'].method}): {new_s:.1f} s", flush=True)
+    old_s = timed(lambda: box.update(old=tm.lyapunov(tol, method="full")))
+    new, old = box["new"], box["old"]
+    both = new.resolved & old.resolved
+    diff = (new.exponents - old.exponents).abs()
+    bound = new.error_estimate + old.error_estimate
+    within = bool(torch.all(diff[both] <= bound[both]))
+    p_new, p_old = (b @ b.T for b in (new.chaotic_subspace(), old.chaotic_subspace()))
+    proj = float(torch.linalg.matrix_norm(p_new - p_old, ord=2)) if new.chaotic_dim or old.chaotic_dim else 0.0
+    last_old = int(old.resolved.sum()) - 1
+    out = {"t": tm.t, "method": new.method, "old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
+           "chaotic_dim_new": new.chaotic_dim, "chaotic_dim_old": old.chaotic_dim,
+           "certain_new": new.chaotic_dim_certain, "certain_old": old.chaotic_dim_certain,
+           "unresolved_new": new.num_unresolved, "unresolved_old": old.num_unresolved,
+           "max_abs_diff": float(diff[both].max()), "max_err_new": float(new.error_estimate[new.resolved].max()),
+           "within_error": within, "projector_distance": proj,
+           "max_exponent": new.max_exponent, "min_exponent_new": new.min_exponent,
+           "min_exponent_old": old.min_exponent,
+           "overlap_max_dir": abs(float(new.vectors[:, 0] @ old.vectors[:, 0])),
+           "overlap_min_dir": abs(float(new.vectors[:, -1] @ old.vectors[:, last_old])),
+           "reorthonormalisations": tm.reorthonormalisations, "relative_error": tm.relative_error,
+           "eps": EPS64}
+    out["pass"] = out["speedup"] >= 5.0 and out["chaotic_dim_new"] == out["chaotic_dim_old"] and within
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts, one pass each")
+    parser.add_argument("--n", type=int, default=5350, help="N for target 3 (the MLP's parameter count)")
+    parser.add_argument("--rank", type=int, default=218, help="rank of the pair for target 3")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions for target 3")
+    parser.add_argument("--steps", type=int, default=40, help="MLP training steps before the target-4 spectrum")
+    parser.add_argument("--tol", type=float, default=1e-12, help="tolerance (the engine's lyapunov_tol)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip4", action="store_true", help="target 3 only")
+    parser.add_argument("--data", default=None, help="dataset root (default $CHAOSNB_DATA or ../shared/data)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--map-cache", default=None,
+                        help="torch.save file of the MLP tangent map's state_dict: loaded if present, else written")
+    args = parser.parse_args(argv)
+    if args.data:
+        os.environ["CHAOSNB_DATA"] = str(Path(args.data).resolve())
+    elif not os.environ.get("CHAOSNB_DATA") and (ROOT.parent / "shared" / "data").exists():
+        os.environ["CHAOSNB_DATA"] = str(ROOT.parent / "shared" / "data")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("CHAOSNB_RESULTS", tmp)
+        tm = None
+        for threads in [int(x) for x in args.threads.split(",")]:
+            torch.set_num_threads(threads)
+            print(f"== threads {threads}, load {'/'.join(f'{v:.1f}' for v in os.getloadavg())} ==", flush=True)
+            r3 = target3(args.n, args.rank, 1e-3, args.repeats, args.seed)
+            print(f"target 3 step (N={r3['n']}, rank {r3['rank']}): floor {r3['floor_s']:.3f} s, old "
+                  f"{r3['old_s']:.3f} s ({r3['old_over_floor']:.2f}x floor), new {r3['new_s']:.3f} s "
+                  f"({r3['new_over_floor']:.2f}x floor) -> {'PASS' if r3['pass'] else 'FAIL'} (<= 1.3x); "
+                  f"re-orthonormalisation {r3['reorth_s']:.1f} s every ~{r3['steps_per_reorth']:.0f} steps = "
+                  f"{r3['reorth_per_step_s']:.3f} s/step amortised", flush=True)
+            row = {"threads": threads, "target3": r3}
+            if not args.skip4:
+                if tm is None and args.map_cache and Path(args.map_cache).exists():
+                    state = torch.load(args.map_cache)
+                    tm = TangentMap(int(state["num_params"]), float(state["lr"]), float(state["momentum"]))
+                    tm.load_state_dict(state)
+                    print(f"  (loaded the MLP tangent map at t={tm.t} from {args.map_cache})", flush=True)
+                if tm is None:
+                    start = time.perf_counter()
+                    tm = mlp_tangent_map(args.steps, args.seed)
+                    print(f"  (built the MLP tangent map: {args.steps} steps in {time.perf_counter() - start:.0f} s)",
+                          flush=True)
+                    if args.map_cache:
+                        torch.save(tm.state_dict(), args.map_cache)
+                r4 = target4(tm, args.tol)
+                print(f"target 4 spectrum (t={r4['t']}, {r4['method']}): old (full SVD) {r4['old_s']:.1f} s, new "
+                      f"{r4['new_s']:.1f} s -> {r4['speedup']:.1f}x; chaotic dim {r4['chaotic_dim_new']} vs "
+                      f"{r4['chaotic_dim_old']} (certain {r4['certain_new']}/{r4['certain_old']}); max |diff| "
+                      f"{r4['max_abs_diff']:.2e} (max err new {r4['max_err_new']:.2e}), within errors "
+                      f"{r4['within_error']}; projector distance {r4['projector_distance']:.1e}; overlaps max/min "
+                      f"direction {r4['overlap_max_dir']:.6f}/{r4['overlap_min_dir']:.6f}; unresolved "
+                      f"{r4['unresolved_new']}/{r4['unresolved_old']} -> {'PASS' if r4['pass'] else 'FAIL'} "
+                      f"(>= 5x, same dim, within errors)", flush=True)
+                row["target4"] = r4
+            results.append(row)
+        print(f"load at the end {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
