@@ -258,6 +258,7 @@ class Training:
         rec.add("ftle_max", done, ftle.max_exponent)
         rec.add("ftle_min", done, ftle.min_exponent)
         rec.add("ftle_unresolved", done, ftle.num_unresolved)
+        rec.add("ftle_uncertain", done, ftle.num_uncertain)
         rec.add("ftle_resolution", done, ftle.resolution)
         rec.add("chaotic_dim", done, ftle.chaotic_dim)
         rec.add("non_chaotic_dim", done, ftle.non_chaotic_dim)
@@ -273,7 +274,7 @@ class Training:
             for name in STRATEGIES:
                 gen = torch.Generator().manual_seed(strategy_seed(c.seed, name))
                 try:
-                    d = perturbation_direction(name, exponents=ftle.exponents, eigenvectors=ftle.vectors,
+                    d = perturbation_direction(name, exponents=ftle.decision_exponents, eigenvectors=ftle.vectors,
                                                generator=gen, tol=c.lyapunov_tol)
                 except ValueError:  # empty chaotic or non-chaotic subspace
                     d = torch.full((self.flat.num_params,), math.nan, dtype=torch.float64)
