@@ -681,7 +681,7 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
     N x N matrix in descending-exponent order. Cost ~ N^2 k instead of ~ N^3; the resolution / -inf rule is
     the full path's (sigma_max N eps). It needs the true Y_t to be representable
     (:meth:`TangentMap.structured_applicable`), else ValueError. ``"auto"`` (the default) takes it when also
-    2 (k + STRUCTURED_OVERSAMPLING) < N / 2, else ``"gram"`` (:func:`_gram_exponents`: eigenvalues of
+    2 (k + STRUCTURED_OVERSAMPLING) < N / 2, else ``"gram"`` (``_gram_exponents``: eigenvalues of
     L_t = Y^T Y and only the eigenvectors the engine needs) when the spectrum is narrow enough for it, else
     the graded path.
     """
