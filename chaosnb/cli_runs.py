@@ -160,6 +160,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = _configs(args)
     if configs is None:
         return 2
+    if args.dry_run:  # nothing is computed, loaded or written: the runs (stage-1 runs first) and their cost
+        from chaosnb.plan import format_plan, plan
+
+        stage1 = [c.stage1() for c in configs if c.is_perturbation]
+        print(format_plan(plan([*stage1, *configs]), f"dry run of {args.config}: every run of the sweep, projected"))
+        return 0
     for dataset in sorted({c.dataset for c in configs}):
         load_dataset(dataset)  # a missing or damaged dataset: one line, before any run starts
     ensure_writable(results_root())
@@ -208,6 +214,8 @@ def add_subcommands(sub) -> None:
     sw.add_argument("config", help="YAML/JSON file with a list of configurations (or 'runs:' + 'defaults:')")
     sw.add_argument("--jobs", type=int, default=None, help="parallel processes (default: number of cores)")
     sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="compute nothing: list the runs (stage-1 runs included) with their projected time and memory")
     sw.add_argument("--scheduler", default=None, metavar="ADDRESS",
                     help="Dask scheduler to submit the runs to, e.g. tcp://10.0.0.5:8786 (default: $CHAOSNB_SCHEDULER; "
                          "unset: a local Dask cluster of --jobs processes)")

@@ -112,3 +112,25 @@ def test_cli_plan(capsys):
     assert f"runs: {len(set(all_configs(load_profile('paper'))))}" in out and "458MB" in out
     assert cli.main(["plan", "--profile", "nope"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
+
+
+def test_sweep_dry_run_lists_the_runs_and_computes_nothing(tmp_path, monkeypatch, capsys):
+    """``chaosnb sweep --dry-run``: the plan of the file's runs plus the stage-1 runs of its perturbation runs, and
+    the results store is not even created."""
+    import json
+
+    from chaosnb import cli
+    from chaosnb.config import RunConfig
+
+    store = tmp_path / "results"
+    monkeypatch.setenv("CHAOSNB_RESULTS", str(store))
+    sgd = RunConfig(steps=100)
+    pert = RunConfig(steps=50, tangent_steps=(50,), perturb_eps=0.1, perturb_strategies=("random",))
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps([sgd.to_dict(), pert.to_dict()]))
+    assert cli.main(["sweep", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for config in (sgd, pert, pert.stage1()):
+        assert config.run_hash() in out
+    assert "runs: 3" in out and "CPU-hours" in out
+    assert not store.exists()
