@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import grad, jacrev, vjp, vmap
 
+from chaosnb.piecewise_linear import is_piecewise_linear, piecewise_linear_hessian
+
 METHODS = ("dense", "lowrank")
 DEFAULT_RTOL = 1e-5
 
@@ -496,7 +498,11 @@ def hessian_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
 def minibatch_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                        method: str = "lowrank", **kwargs) -> Spectrum:
     """Spectrum of the mini-batch loss L_B(theta) of a :class:`chaosnb.models.FlatModel`; the low-rank method
-    works in the model's :func:`input_subspace` when it has one (the MLP)."""
+    works in the model's :func:`input_subspace` when it has one (the MLP); the dense method builds the Hessian of
+    a piecewise-linear network from about half its columns (:mod:`chaosnb.piecewise_linear`)."""
     if method == "lowrank" and kwargs.get("single_pass", True) and "subspace" not in kwargs:
         kwargs["subspace"] = input_subspace(flat, x, kwargs.get("compute_dtype", torch.float64) or theta.dtype)
+    if method == "dense" and is_piecewise_linear(flat.module):
+        h = piecewise_linear_hessian(flat, theta, x, y)
+        return spectrum_from_matrix(h, kwargs.get("rtol", DEFAULT_RTOL), kwargs.get("atol"))
     return hessian_spectrum(flat.loss_fn(x.to(theta.dtype), y), theta, method=method, **kwargs)
