@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from chaosnb.config import RunConfig
+from chaosnb.plan import priorities
 
 SCHEDULER_ENV = "CHAOSNB_SCHEDULER"
 ALLOWED_FAILURES = 3  # distributed.scheduler.allowed-failures of the embedded cluster (Dask's default)
@@ -128,8 +129,10 @@ def _task(payload: tuple, *after: Row) -> Row:
 
 def submit_runs(client, configs: Sequence[RunConfig], payload: Callable[[RunConfig], tuple], root: str,
                 finished: Callable[[RunConfig, Row], None]) -> dict[RunConfig, Row]:
-    """Submit one task per configuration (stage-1 runs first, perturbation runs after theirs) and wait for
-    all; ``finished`` is called as each one ends (in completion order). Returns the row of every config."""
+    """Submit one task per configuration (perturbation runs after their stage-1 runs) and wait for all; the
+    workers take runs by :func:`chaosnb.plan.priorities` (projected seconds of the run and of the longest run
+    waiting for it: longest chains first). ``finished`` is called as each one ends (in completion order).
+    Returns the row of every config."""
     from distributed import as_completed
 
     configs = list(dict.fromkeys(configs))
@@ -137,10 +140,12 @@ def submit_runs(client, configs: Sequence[RunConfig], payload: Callable[[RunConf
     stage1 = {c.stage1() for c in configs if c.is_perturbation}
     ordered = ([c for c in configs if c in stage1] + [c for c in configs if c not in stage1 and not c.is_perturbation]
                + [c for c in configs if c.is_perturbation])
+    rank = priorities(ordered)  # longest chains first (what chaosnb.plan's schedule projection assumes)
     futures: dict[RunConfig, object] = {}
     for config in ordered:
         after = [futures[config.stage1()]] if config.is_perturbation and config.stage1() in wanted else []
-        futures[config] = client.submit(_task, payload(config), *after, key=task_key(config, root), retries=0)
+        futures[config] = client.submit(_task, payload(config), *after, key=task_key(config, root), retries=0,
+                                        priority=round(rank[config]))
     by_key = {future.key: config for config, future in futures.items()}
     rows: dict[RunConfig, Row] = {}
     for future in as_completed(list(futures.values()), loop=client.loop):

@@ -3,17 +3,22 @@
 Seconds of one run, on one torch thread, from the per-step rates in ``RATES``:
 
     T = steps * models * sgd
-      + n_spectrum * (spectrum[method] - sgd)
-      + steps * (tangent[method] - spectrum[method])    if the run carries the tangent map
+      + n_spectrum * (spectrum[method] * (batch / 8) ** batch_exponent - sgd)
+      + steps * (tangent[method] * momentum_factor - spectrum[method])    if the run carries the tangent map
       + n_ftle * ftle
 
 * ``models`` is 1, or 1 + the number of strategies for a perturbation run.
 * ``n_spectrum`` is the number of steps t with ``config.needs_spectrum(t)``: every step with CGD pruning
   or a tangent map, every ``spectrum_every``-th step otherwise.
-* ``n_ftle`` is the number of finite-time spectra, ``len(tangent_steps)``. Each is costed as a full SVD.
-  That is an upper bound: early ones take the cheaper structured path.
+* ``n_ftle`` is the number of finite-time spectra, ``len(tangent_steps)``. Each is costed as one of a full
+  tangent map: an upper bound, early ones take the cheaper structured path.
 * Not modelled: evaluation (one forward pass over the test split every ``eval_every`` steps), checkpoint
-  writes, CGD's projection, and the momentum term G of the tangent map (assumed as fast as without).
+  writes, CGD's projection.
+
+Wall time: :meth:`Plan.scheduled_wall_seconds` replays the order in which :func:`chaosnb.cluster.submit_runs`
+hands runs to the workers (highest :func:`priorities` first: a run's own projected seconds plus those of the
+longest chain of runs waiting for it, i.e. longest-processing-time list scheduling with the stage-1 -> stage-2
+dependencies), so the projection and the real schedule follow the same rule.
 
 Memory of one run, in bytes, counting only its largest arrays (float64 unless stated):
 
@@ -31,23 +36,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 from chaosnb.config import RunConfig
 
-# Median seconds per training step at ONE torch thread (sweep workers run one), from benchmarks/README.md,
-# "Training throughput", the `--threads 1` table (2 shared AMD EPYC cores, load average 3-4, torch 2.14.1,
-# USPS batch 8). "sgd": a plain step; "spectrum": a step with the exact Hessian spectrum (by method);
-# "tangent": a step with the spectrum and the tangent-map update; "ftle": one finite-time spectrum (SVD of
-# Y), seconds each: the MLP's measured at one thread (100-109 s), the CNN's only at two threads (0.3-0.5 s).
+# Median seconds per training step at ONE torch thread (sweep workers run one), measured on 2 idle AMD EPYC cores
+# (load average < 1, torch 2.14.1, USPS batch 8, lr 1e-2) on 2026-11-30 with benchmarks/bench_throughput.py
+# --threads 1 and Training.advance() timed directly (see benchmarks/README.md, "Rates for the plan").
+# "sgd": a plain step; "spectrum": a step with the exact Hessian spectrum (by method); "tangent": a step with the
+# spectrum and the tangent-map update; "momentum": the tangent step's factor with momentum (the MLP's state then
+# carries G as well: 0.486 s vs 0.435 s); "batch_exponent": spectrum cost ~ (batch / 8) ** exponent (the MLP's
+# low-rank spectrum: 0.081 s at batch 8, 0.136 s at 16; assumed for the CNN); "ftle": one finite-time spectrum
+# of a full tangent map, seconds each (MLP: `TangentMap.lyapunov`, N = 5,350; CNN: N = 1,158). The CNN's dense
+# rates (0.59 s / 0.66 s idle before) are divided by the speed-up of chaosnb.piecewise_linear measured in one run
+# under load (1.6x for a CGD step, 1.8x for a tangent step).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
 RATES: dict[str, dict] = {
-    "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.35, "dense": 29.6},
-            "tangent": {"lowrank": 1.56, "dense": 48.6}, "ftle": 105.0},
-    "cnn": {"sgd": 0.002, "spectrum": {"lowrank": 2.11, "dense": 0.63},
-            "tangent": {"lowrank": 2.18, "dense": 0.67}, "ftle": 0.5},
+    "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.081, "dense": 12.1},
+            "tangent": {"lowrank": 0.435, "dense": 12.5}, "momentum": 1.12, "batch_exponent": 0.75,
+            "ftle": 39.0},
+    "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
+            "tangent": {"lowrank": 0.72, "dense": 0.40}, "momentum": 1.0, "batch_exponent": 0.75,
+            "ftle": 0.4},
 }
 MB = 1e6
 
@@ -96,11 +109,13 @@ def run_cost(config: RunConfig, rates: dict | None = None) -> RunCost:
     models = 1 + len(config.perturb_strategies)
     spectra = spectrum_steps(config)
     ftle = len(config.tangent_steps) if config.uses_tangent_map else 0
-    seconds = config.steps * models * r["sgd"] + spectra * (r["spectrum"][method] - r["sgd"])
+    batch = (config.batch_size / 8) ** r.get("batch_exponent", 0.0)
+    seconds = config.steps * models * r["sgd"] + spectra * (r["spectrum"][method] * batch - r["sgd"])
     n = num_params(config.model)
     tangent_bytes = 0
     if config.uses_tangent_map:
-        seconds += config.steps * (r["tangent"][method] - r["spectrum"][method])
+        factor = r.get("momentum", 1.0) if config.momentum > 0 else 1.0
+        seconds += config.steps * (r["tangent"][method] * factor - r["spectrum"][method])
         tangent_bytes = n * n * 8 * (2 if config.momentum > 0 else 1)
     seconds += ftle * r["ftle"]
     transient = max(2 * tangent_bytes, 3 * n * n * 8 if ftle else 0)
@@ -138,9 +153,51 @@ class Plan:
         return max(r.seconds + (by_config.get(r.config.stage1(), 0.0) if r.config.is_perturbation else 0.0)
                    for r in self.runs)
 
+    def scheduled_wall_seconds(self, workers: int) -> float:
+        """The wall time with ``workers`` single-threaded workers when runs start in :func:`priorities` order
+        (what :func:`chaosnb.cluster.submit_runs` does), at the table's rates."""
+        costs = {r.config: r.seconds for r in self.runs}
+        return simulate_schedule(costs, priorities(list(costs)), workers)
+
     def wall_seconds_at_least(self, workers: int) -> float:
         """A lower bound on the wall time with ``workers`` single-threaded workers at the table's rates."""
         return max(self.total_seconds / workers, self.critical_path_seconds)
+
+
+def priorities(configs: Sequence[RunConfig], rates: dict | None = None) -> dict[RunConfig, float]:
+    """Scheduling priority of each run: its projected seconds plus the longest projected run waiting for it
+    (a stage-1 run gates its perturbation runs), so the longest chains start first."""
+    seconds = {c: run_cost(c, rates).seconds for c in dict.fromkeys(configs)}
+    after: dict[RunConfig, float] = {}
+    for c, s in seconds.items():
+        if c.is_perturbation and c.stage1() in seconds:
+            after[c.stage1()] = max(after.get(c.stage1(), 0.0), s)
+    return {c: s + after.get(c, 0.0) for c, s in seconds.items()}
+
+
+def simulate_schedule(costs: dict[RunConfig, float], order: dict[RunConfig, float], workers: int) -> float:
+    """Wall time of list scheduling: each free worker takes the ready run of highest ``order``; a perturbation
+    run is ready once its stage-1 run (when in ``costs``) has finished. Returns the finishing time."""
+    import heapq
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    pending = sorted(costs, key=lambda c: -order[c])
+    done_at: dict[RunConfig, float] = {}
+    free = [0.0] * workers  # times at which each worker becomes free
+
+    def ready(c: RunConfig, now: float) -> bool:
+        return not (c.is_perturbation and c.stage1() in costs) or done_at.get(c.stage1(), math.inf) <= now
+
+    while pending:
+        now = heapq.heappop(free)
+        if not any(ready(c, now) for c in pending):  # every pending run waits for a stage-1 run still going
+            now = min(done_at[c.stage1()] for c in pending if c.stage1() in done_at)
+        run = next(c for c in pending if ready(c, now))
+        pending.remove(run)
+        done_at[run] = now + costs[run]
+        heapq.heappush(free, done_at[run])
+    return max(done_at.values())
 
 
 def plan(configs: Sequence[RunConfig], rates: dict | None = None) -> Plan:
@@ -185,6 +242,8 @@ def format_plan(p: Plan, title: str, workers: Sequence[int] = (1, 8, 32, 128)) -
               "baseline (interpreter, torch, dataset)",
               "wall time at least, with W single-threaded workers: "
               + ", ".join(f"W={w}: {_duration(p.wall_seconds_at_least(w))}" for w in workers),
+              "wall time as scheduled (longest chains first): "
+              + ", ".join(f"W={w}: {_duration(p.scheduled_wall_seconds(w))}" for w in workers),
               "rates: chaosnb.plan.RATES (benchmarks/README.md, one torch thread, 2 shared EPYC cores); "
               "scale by your cores' speed"]
     return "\n".join(lines)
@@ -196,7 +255,8 @@ def as_json(p: Plan) -> dict:
                       "tangent_bytes": r.tangent_bytes, "peak_bytes": r.peak_bytes,
                       "config": dataclasses.asdict(r.config)} for r in p.runs],
             "total_seconds": p.total_seconds, "cpu_hours": p.cpu_hours, "largest": p.largest.config.run_hash(),
-            "critical_path_seconds": p.critical_path_seconds, "peak_bytes": p.peak_bytes}
+            "critical_path_seconds": p.critical_path_seconds, "peak_bytes": p.peak_bytes,
+            "scheduled_wall_seconds": {str(w): p.scheduled_wall_seconds(w) for w in (1, 2, 8, 32, 128)}}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

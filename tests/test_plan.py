@@ -13,7 +13,16 @@ import pytest
 from chaosnb import cli
 from chaosnb.config import RunConfig
 from chaosnb.experiments import all_configs, load_profile, reference_runs
-from chaosnb.plan import RATES, num_params, plan, plan_profile, run_cost, spectrum_steps
+from chaosnb.plan import (
+    RATES,
+    num_params,
+    plan,
+    plan_profile,
+    priorities,
+    run_cost,
+    simulate_schedule,
+    spectrum_steps,
+)
 
 SMOKE = all_configs(load_profile("smoke"))
 HANDMADE = [
@@ -63,7 +72,9 @@ def test_reference_run_cost_by_hand():
     of the formula telescope into the tangent rate)."""
     for name, config in reference_runs(load_profile("paper")).items():
         r = RATES[config.model]
-        expected = config.steps * r["tangent"][config.spectrum_method] + len(config.tangent_steps) * r["ftle"]
+        factor = r["momentum"] if config.momentum else 1.0
+        expected = (config.steps * r["tangent"][config.spectrum_method] * factor
+                    + len(config.tangent_steps) * r["ftle"])
         assert math.isclose(run_cost(config).seconds, expected, rel_tol=1e-12), name
     usps_mlp = reference_runs(load_profile("paper"))["USPS MLP"]
     assert usps_mlp.steps == 36480 and len(usps_mlp.tangent_steps) == 40
@@ -134,3 +145,37 @@ def test_sweep_dry_run_lists_the_runs_and_computes_nothing(tmp_path, monkeypatch
         assert config.run_hash() in out
     assert "runs: 3" in out and "CPU-hours" in out
     assert not store.exists()
+
+
+def test_schedule_simulation_by_hand():
+    """Three runs and a perturbation run that waits for its stage-1 run, on 1, 2 and 3 workers."""
+    stage1 = RunConfig(steps=10, tangent_steps=(10,))
+    pert = RunConfig(steps=10, tangent_steps=(10,), perturb_eps=0.1, perturb_strategies=("random",))
+    a, b = RunConfig(steps=11), RunConfig(steps=12)
+    assert pert.stage1() == stage1
+    costs = {stage1: 5.0, pert: 4.0, a: 6.0, b: 3.0}
+    order = {stage1: 9.0, pert: 4.0, a: 6.0, b: 3.0}  # what priorities() gives for these costs
+    assert simulate_schedule(costs, order, 1) == 18.0
+    # 2 workers: w1 stage1 [0,5] then pert [5,9]; w2 a [0,6] then b [6,9]
+    assert simulate_schedule(costs, order, 2) == 9.0
+    # 3 workers: b starts at 0 on the third; pert still waits for stage1 (5 + 4)
+    assert simulate_schedule(costs, order, 3) == 9.0
+    # the wrong order (stage-1 last) costs time: 2 workers, a and b first, then stage1, then pert
+    assert simulate_schedule(costs, {stage1: 1.0, pert: 0.0, a: 6.0, b: 3.0}, 2) == 3.0 + 5.0 + 4.0
+    with pytest.raises(ValueError, match="workers"):
+        simulate_schedule(costs, order, 0)
+
+
+def test_priorities_put_chains_first():
+    p = plan_profile("smoke")
+    prio = priorities([r.config for r in p.runs])
+    for r in p.runs:
+        assert prio[r.config] >= r.seconds
+        if r.config.is_perturbation:
+            assert prio[r.config.stage1()] >= r.seconds + run_cost(r.config.stage1()).seconds - 1e-9
+    for workers in (1, 2, 8):
+        wall = p.scheduled_wall_seconds(workers)
+        assert wall >= p.wall_seconds_at_least(workers) - 1e-9
+        assert wall <= p.total_seconds + 1e-9
+    assert math.isclose(p.scheduled_wall_seconds(1), p.total_seconds)
+    assert math.isclose(p.scheduled_wall_seconds(10_000), p.critical_path_seconds)
