@@ -244,7 +244,7 @@ def format_plan(p: Plan, title: str, workers: Sequence[int] = (1, 8, 32, 128)) -
               + ", ".join(f"W={w}: {_duration(p.wall_seconds_at_least(w))}" for w in workers),
               "wall time as scheduled (longest chains first): "
               + ", ".join(f"W={w}: {_duration(p.scheduled_wall_seconds(w))}" for w in workers),
-              "rates: chaosnb.plan.RATES (benchmarks/README.md, one torch thread, 2 shared EPYC cores); "
+              "rates: chaosnb.plan.RATES (one torch thread, 2 idle AMD EPYC cores, see its comment); "
               "scale by your cores' speed"]
     return "\n".join(lines)
 
