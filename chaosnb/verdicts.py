@@ -627,8 +627,9 @@ def lyapunov_exponent_figure(results: Mapping[str, RunResult], thresholds: Mappi
         else:
             bound = g["late_rate"].high if math.isfinite(g["late_rate"].high) else g["late_rate"].value
             late[name] = bool(bound <= late_fraction * g["ref_rate"]) if g["ref_rate"] > 0 else None
-            growth = (f"late rate of log sigma_max {g['late_rate'].text()} vs {g['ref_rate']:.3g} before t = "
-                      f"{g['t_ref']}")
+            rate = g["late_rate"]
+            rate_text = rate.text() if math.isfinite(rate.low) else f"{rate.value:+.3g} (2 points, no interval)"
+            growth = f"late rate of log sigma_max {rate_text} vs {g['ref_rate']:.3g} before t = {g['t_ref']}"
         _, fmin = _tangent_series(res, "ftle_min")
         _, unresolved = _tangent_series(res, "ftle_unresolved")
         fin = fmin[np.isfinite(fmin)]
@@ -673,7 +674,8 @@ def chaotic_count_figure(results: Mapping[str, RunResult], models: Mapping[str, 
         robust = bool(dims[-1] + unc[-1] < dims[0])
         tau, p = _kendall_fall(steps, dims)
         falls[models[name]][name] = robust and (p < 1 - level if steps.size >= 4 else True)
-        info[name] = (steps, dims, unc, f"Kendall tau {tau:+.2f} (one-sided p {p:.3g})")
+        info[name] = (steps, dims, unc, f"Kendall tau {tau:+.2f} (one-sided p {p:.3g})" if steps.size >= 4
+                      else f"{steps.size} tangent steps, no trend test")
     mlp_last = [int(info[n][0][-1]) for n in falls["mlp"]]
     horizon = min(mlp_last) if mlp_last else 0
     speed = {}
