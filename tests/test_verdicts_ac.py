@@ -88,6 +88,23 @@ def test_slope_estimate_matches_trend_estimate_and_widens_with_few_points():
     assert math.isnan(V.slope_estimate([1], [1]).value)
 
 
+def test_kendall_fall_and_theil_sen_interval():
+    t = np.log(STEPS.astype(float))
+    drop_plateau = np.where(STEPS < 8, 500.0 - 100 * np.arange(STEPS.size), 200.0) + np.arange(STEPS.size) % 2
+    tau, p = V.kendall_fall(STEPS, drop_plateau)  # a quick drop, then a plateau: a fall for the rank test
+    assert tau < 0 and p < 0.05
+    assert V.kendall_fall(STEPS, drop_plateau[::-1])[1] > 0.5 and V.kendall_fall([1, 2], [2, 1]) == (math.nan, 1.0)
+    steady = 400.0 - 30 * t + np.random.default_rng(0).normal(0, 5, STEPS.size)
+    assert V.theil_sen_estimate(t, steady).negative
+    assert V.theil_sen_estimate(t, steady).value == pytest.approx(-30, abs=5)
+    noise = np.random.default_rng(1).normal(0, 1, STEPS.size)
+    flat = V.theil_sen_estimate(t, noise)
+    assert flat.low < 0 < flat.high
+    exact = V.theil_sen_estimate(np.arange(6.0), 3.0 * np.arange(6.0))
+    assert exact.value == pytest.approx(3.0) and exact.low == pytest.approx(3.0)
+    assert V.theil_sen_estimate([0, 1], [1, 0]).low == -math.inf
+
+
 def test_log_stretch_growth_separates_constant_from_levelling_exponents():
     constant = V.log_stretch_growth(tangent_run(ftle_max=np.full(STEPS.size, 0.05)))
     assert constant["late_rate"].value == pytest.approx(0.05) and constant["ref_rate"] == pytest.approx(0.05)
