@@ -496,3 +496,371 @@ def distance_fit_figure(result: RunResult, stage1: RunResult, eps: float, thresh
                      "first order, so the informative test is the maximal-chaotic distance meeting the upper bound",
                      "; ".join(f"{c.name}: {c.measured}" for c in checks),
                      "one seed; the lower bound uses the smallest resolved exponent (unresolved ones are censored)")
+
+
+# --- proofs (A), toy (B.3), Lyapunov (C.1), subspaces (C.2)
+def tolerance_check(name: str, value: float, tol: float) -> Check:
+    """One numerical statement of a proof: holds when the (finite) deviation ``value`` is at most ``tol``."""
+    value = float(value)
+    return Check(name, bool(math.isfinite(value) and value <= tol), f"{value:.3g} (tolerance {tol:.3g})")
+
+
+def theorem_figure(figure: str, claim: str, checks: Sequence[Check], measured: str, criterion: str,
+                   limits: str = "") -> Judgement:
+    """Verdict of a theorem of appendix A from its numerical checks (:func:`tolerance_check`), by :func:`combine`."""
+    if not checks:
+        raise ValueError(f"{figure}: no checks given; pass the tolerance checks that test the theorem")
+    return Judgement(figure, claim, combine(checks), tuple(checks), criterion, measured, limits)
+
+
+def _fraction_check(name: str, outcomes: Mapping[str, bool | None], fraction: float) -> Check:
+    """A claim about a family of runs: holds when at least ``fraction`` of the runs where it can be decided pass;
+    not testable when it can be decided in none."""
+    decided = {n: v for n, v in outcomes.items() if v is not None}
+    passed = sum(bool(v) for v in decided.values())
+    measured = f"{passed}/{len(decided)} runs" + (f", {len(outcomes) - len(decided)} not decidable"
+                                                   if len(decided) < len(outcomes) else "")
+    if not decided:
+        return Check(f"{name} (in >= {fraction:.0%} of the runs)", None, measured)
+    return Check(f"{name} (in >= {fraction:.0%} of the runs)", passed >= fraction * len(decided), measured)
+
+
+def slope_estimate(x, y, level: float = 0.95) -> Estimate:
+    """Least-squares slope of y against x with a normal confidence interval from the residual variance (lag-1
+    autocorrelation corrected as in :func:`trend_estimate`); an infinite interval with fewer than 3 points."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    mask = np.isfinite(x) & np.isfinite(y)
+    x, y = x[mask], y[mask]
+    if x.size < 2 or np.ptp(x) == 0:
+        return Estimate(math.nan, -math.inf, math.inf, int(x.size), float(x.size))
+    slope, intercept = np.polyfit(x, y, 1)
+    if x.size < 3:
+        return Estimate(float(slope), -math.inf, math.inf, int(x.size), float(x.size))
+    residuals = y - (slope * x + intercept)
+    n_eff = _effective_n(residuals)
+    dof = max(n_eff - 2, 1.0)
+    se = math.sqrt(float(residuals @ residuals) / dof / float(((x - x.mean()) ** 2).sum()) * x.size / n_eff)
+    half = _z(level) * se
+    return Estimate(float(slope), float(slope - half), float(slope + half), int(x.size), n_eff)
+
+
+# ---------------------------------------------------------------------------------------------- B.3.1
+def toy_order_figure(phases: Mapping[str, int | bool | None], seed_ordered: Sequence[bool], control_ordered: bool,
+                     thresholds: Mapping[str, float]) -> Judgement:
+    """Figure B.3.1 from :func:`chaosnb.analysis.toy_phase_steps` outcomes: the path shows the stages in order
+    (negative curvature carries the gradient, then positive, then negative again near the x-minimum); the same
+    order holds for at least ``seed_fraction`` of the noise seeds; and the criterion discriminates: on the
+    noise-free path along the ridge y = 0, where the surface gives the y-direction no gradient and the order must
+    differ (negative curvature never takes over again), it must NOT find the order."""
+    fraction = float(np.mean(seed_ordered)) if len(seed_ordered) else math.nan
+    steps = ", ".join(f"{k} at step {phases.get(k)}" for k in ("negative_first", "positive", "negative_again"))
+    checks = (Check("the path shows stage 1 -> 3 -> 4 in order", bool(phases["ordered"]), steps),
+              Check(f"the order holds for >= {thresholds['seed_fraction']:.0%} of noise seeds",
+                    None if not math.isfinite(fraction) else fraction >= thresholds["seed_fraction"],
+                    f"{fraction:.0%} of {len(seed_ordered)} seeds"),
+              Check("control: the criterion rejects the noise-free ridge path, where the order must differ",
+                    not control_ordered, f"order found on the ridge path: {bool(control_ordered)}"))
+    return Judgement("Figure B.3.1", "on z = -cos x - 0.05 y^2, SGD from near the maximum first descends along "
+                     "negative curvature, passes the inflection into positive curvature, and near the x-minimum (a "
+                     "saddle) the negative curvature along y takes over", combine(checks), checks,
+                     "stages read from the share of ||g||^2 in negative-curvature directions (>= 90% / <= 10%); "
+                     "reproduced when the order holds on the path, for most seeds, and the criterion rejects a path "
+                     "where the order must differ", f"{steps}; same order for {fraction:.0%} of "
+                     f"{len(seed_ordered)} noise seeds; ridge control ordered: {bool(control_ordered)}",
+                     "the order is a property of the toy surface (Hessian diag(cos x, -0.1)): any descending path "
+                     "from near x = pi with an offset in y shows it, so this checks the illustration, not networks "
+                     "(Figure B.2.4 is the measured counterpart)")
+
+
+# ---------------------------------------------------------------------------------------------- C.1
+def _tangent_series(result: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    if metric not in result.metrics or not len(result.metrics[metric]):
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    steps, values = result.series(metric)
+    return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+
+def log_stretch_growth(result: RunResult, level: float = 0.95) -> dict | None:
+    """The un-normalised log-stretch S(t) = t lambda_max(t) = log sigma_max(Y_t) of a tangent-map run: its late
+    growth rate (least-squares slope of S over the tangent steps t >= T/2, at least the last two) against the mean
+    rate lambda_max(t_ref) = S(t_ref)/t_ref up to the late window's first step t_ref. A constant exponent gives
+    ratio 1; convergence to the edge of chaos (S levelling off) gives ~0. None with fewer than 3 tangent steps."""
+    steps, lam = _tangent_series(result, "ftle_max")
+    ok = np.isfinite(lam) & (steps > 0)
+    steps, lam = steps[ok], lam[ok]
+    if steps.size < 3:
+        return None
+    big_t = int(steps[-1])
+    late = np.nonzero(steps >= big_t / 2)[0]
+    if late.size < 2 or late[0] == 0:
+        late = np.arange(max(steps.size - 2, 1), steps.size)
+    t_ref = int(steps[late[0]])
+    s = steps * lam
+    slope = slope_estimate(steps[late], s[late], level)
+    ref = float(lam[late[0]])
+    return {"t_ref": t_ref, "T": big_t, "ref_rate": ref, "late_rate": slope, "lam_first": float(lam[0]),
+            "lam_last": float(lam[-1]), "t_first": int(steps[0])}
+
+
+def lyapunov_exponent_figure(results: Mapping[str, RunResult], thresholds: Mapping[str, float]) -> Judgement:
+    """Figure C.1.1: the maximal finite-time exponent drops quickly to about 0, the minimal one increases.
+
+    Per run: lambda_max(T) < lambda_max(first tangent step) (weak: the 1/t normalisation makes a drop nearly
+    automatic after an early burst); "to about 0": the late growth rate of log sigma_max(Y_t) (slope over
+    t >= T/2, its upper confidence limit where there are >= 3 late points) is at most ``late_fraction`` x the mean
+    rate before it (a constant exponent gives 1), which needs >= 3 tangent steps; the minimal resolved exponent
+    increases, decided only where no exponent is unresolved at T (else the minimum is censored by the resolution,
+    which rises like 1/t). Each claim must hold in ``run_fraction`` of the runs where it is decidable."""
+    frac, late_fraction = thresholds["run_fraction"], thresholds["late_fraction"]
+    drop, late, rise, parts, censored = {}, {}, {}, [], 0
+    for name, res in results.items():
+        steps, lam = _tangent_series(res, "ftle_max")
+        finite = np.isfinite(lam)
+        if finite.sum() < 2:
+            continue
+        lam0, lam1 = float(lam[finite][0]), float(lam[finite][-1])
+        drop[name] = lam1 < lam0
+        g = log_stretch_growth(res, thresholds.get("level", 0.95))
+        if g is None:
+            late[name] = None
+            growth = "fewer than 3 tangent steps"
+        else:
+            bound = g["late_rate"].high if math.isfinite(g["late_rate"].high) else g["late_rate"].value
+            late[name] = bool(bound <= late_fraction * g["ref_rate"]) if g["ref_rate"] > 0 else None
+            rate = g["late_rate"]
+            rate_text = rate.text() if math.isfinite(rate.low) else f"{rate.value:+.3g} (2 points, no interval)"
+            growth = f"late rate of log sigma_max {rate_text} vs {g['ref_rate']:.3g} before t = {g['t_ref']}"
+        _, fmin = _tangent_series(res, "ftle_min")
+        _, unresolved = _tangent_series(res, "ftle_unresolved")
+        fin = fmin[np.isfinite(fmin)]
+        is_censored = bool(unresolved.size and unresolved[-1] > 0)
+        censored += is_censored
+        rise[name] = None if is_censored or fin.size < 2 else bool(fin[-1] > fin[0])
+        parts.append(f"{name}: max {lam0:.4f} -> {lam1:.4f}, {growth}"
+                     + (f", min censored ({int(unresolved[-1])} unresolved)" if is_censored else ""))
+    checks = (_fraction_check("max exponent lower at the last tangent step than at the first", drop, frac),
+              _fraction_check(f"late growth rate of log sigma_max(Y_t) <= {late_fraction:g} x the earlier mean rate "
+                              "(exponent converging to ~0)", late, frac),
+              _fraction_check("min resolved exponent increases (uncensored runs)", rise, frac))
+    return Judgement("Figure C.1.1", "the maximal exponent drops quickly to about 0 (chaotic start, then edge of "
+                     "chaos); the minimal exponent increases; it is occasionally -inf", combine(checks), checks,
+                     "each claim per run, counted over the runs where it is decidable; 'to about 0' by the growth of "
+                     "the un-normalised log-stretch t lambda_max(t), which a constant exponent would keep linear",
+                     "; ".join(parts) or "no run with two tangent steps",
+                     f"one seed per run; {censored} runs have unresolved (-inf) exponents at their last tangent step, "
+                     "so their minimum is censored and not scored")
+
+
+def chaotic_count_figure(results: Mapping[str, RunResult], models: Mapping[str, str],
+                         thresholds: Mapping[str, float]) -> Judgement:
+    """Figure C.1.2: the MLP chaotic count drops quickly then stays almost constant; the CNN count drops more slowly.
+
+    Per run, with the count censored: the true dimension lies in [chaotic_dim, chaotic_dim + ftle_uncertain], so a
+    fall counts only when the upper end at the last tangent step is below the count at the first, and, where there
+    are >= 4 tangent steps, Kendall's trend test finds a fall at ``level`` (:func:`kendall_fall`; a rank test, so a
+    quick drop then a plateau counts; the Theil-Sen slope against log t with its interval is reported as the effect
+    size). Checks: the
+    count falls in ``run_fraction`` of the MLP runs and of the CNN runs; the MLP count falls faster (mean relative
+    change up to the MLP runs' common last tangent step, lower bounds) than the CNN's."""
+    frac, level = thresholds["run_fraction"], thresholds.get("level", 0.95)
+    falls: dict[str, dict[str, bool]] = {"mlp": {}, "cnn": {}}
+    info, n_censored = {}, 0
+    for name, res in results.items():
+        steps, dims = _tangent_series(res, "chaotic_dim")
+        if steps.size < 2 or models[name] not in falls:
+            continue
+        _, unc = _tangent_series(res, "ftle_uncertain")
+        unc = unc if unc.size == dims.size else np.zeros_like(dims)
+        n_censored += bool(np.any(unc > 0))
+        robust = bool(dims[-1] + unc[-1] < dims[0])
+        slope = theil_sen_estimate(np.log(np.maximum(steps, 1)), dims, level)
+        tau, p = kendall_fall(steps, dims)
+        falls[models[name]][name] = robust and (p < 1 - level if steps.size >= 4 else True)
+        info[name] = (steps, dims, unc, f"Theil-Sen slope per e-fold of t {slope.text()}, Kendall tau {tau:+.2f} "
+                      f"(one-sided p {p:.2g})" if steps.size >= 4 else f"{steps.size} tangent steps, no trend test")
+    mlp_last = [int(info[n][0][-1]) for n in falls["mlp"]]
+    horizon = min(mlp_last) if mlp_last else 0
+    speed = {}
+    for model in falls:
+        changes = []
+        for n in falls[model]:
+            steps, dims, _, _ = info[n]
+            i = np.nonzero(steps <= horizon)[0]
+            if i.size and i[-1] > 0 and dims[0] > 0:
+                changes.append((dims[i[-1]] - dims[0]) / dims[0])
+        speed[model] = float(np.mean(changes)) if changes else math.nan
+    faster = (None if not all(math.isfinite(v) for v in speed.values())
+              else bool(speed["mlp"] < 0 and speed["mlp"] < speed["cnn"]))
+    checks = (_fraction_check("MLP chaotic count falls beyond its censoring (and by a trend test)", falls["mlp"],
+                              frac),
+              _fraction_check("CNN chaotic count falls beyond its censoring (and by a trend test)", falls["cnn"],
+                              frac),
+              Check(f"MLP count falls faster than the CNN's up to t = {horizon}", faster,
+                    f"mean relative change MLP {speed['mlp']:+.1%}, CNN {speed['cnn']:+.1%}"))
+    measured = "; ".join(f"{n}: {int(d[0])} -> {int(d[-1])} (+{int(u[-1])} uncertain), {trend}"
+                         for n, (_, d, u, trend) in info.items())
+    return Judgement("Figure C.1.2", "the MLP chaotic count drops quickly, then stays almost constant; the CNN count "
+                     "drops more slowly; non-chaotic count = D - chaotic count", combine(checks), checks,
+                     f"per run a censoring-robust fall and, where there are >= 4 tangent steps, a significant fall by "
+                     f"Kendall's trend test (one-sided, level {level:.0%}); each family must fall and the MLP faster",
+                     measured or "no run with two tangent steps",
+                     f"one seed per run; {n_censored} runs have uncertain exponents (the count is a lower bound "
+                     "there); 'stays almost constant' is not scored with a few tangent steps per run")
+
+
+def theil_sen_estimate(x, y, level: float = 0.95) -> Estimate:
+    """Theil-Sen slope of y against x (median of pairwise slopes) with its rank-based confidence interval (Sen 1968,
+    from the distribution of Kendall's tau): robust to the curve's shape, so a quick drop followed by a plateau has
+    an interval below 0. An infinite interval with fewer than 3 points."""
+    from scipy.stats import theilslopes
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    mask = np.isfinite(x) & np.isfinite(y)
+    x, y = x[mask], y[mask]
+    if x.size < 3 or np.ptp(x) == 0:
+        return Estimate(math.nan, -math.inf, math.inf, int(x.size), float(x.size))
+    slope, _, low, high = theilslopes(y, x, alpha=level)
+    return Estimate(float(slope), float(low), float(high), int(x.size), float(x.size))
+
+
+def kendall_fall(steps, values) -> tuple[float, float]:
+    """Kendall's tau between step and value and the one-sided p-value of the test for a fall (Mann-Kendall): a rank
+    test, so a quick drop followed by a flat plateau (ties) is still a significant fall. (nan, 1) for < 3 points."""
+    from scipy.stats import kendalltau
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 3 or np.ptp(values) == 0:
+        return math.nan, 1.0
+    res = kendalltau(np.asarray(steps, dtype=np.float64), values, alternative="less")
+    return float(res.statistic), float(res.pvalue)
+
+
+def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
+    """Figure C.1.3 from the runs ``sgd``, ``chaotic``, ``neg``, ``pos`` (momentum 0.9, tangent map on).
+
+    Checks: at the last tangent step shared by SGD and both CGD runs, chaotic- and negative-pruned CGD have a
+    smaller maximal exponent than SGD; the positive-pruned run's non-chaotic count falls and ends below every other
+    run's; it reaches 0. The last is decided from the run: it holds when a tangent step shows 0, fails when the
+    count does not fall at all, and is not testable when it falls but, at its measured rate, would reach 0 only
+    after the run's last tangent step (the horizon is too short)."""
+    missing = {"sgd", "chaotic", "neg", "pos"} - set(results)
+    if missing:
+        raise ValueError(f"Figure C.1.3 needs the runs sgd, chaotic, neg and pos; missing {sorted(missing)}")
+    series = {n: _tangent_series(r, "ftle_max") for n, r in results.items()}
+    common = set.intersection(*(set(series[n][0][np.isfinite(series[n][1])].tolist()) for n in ("sgd", "chaotic",
+                                                                                                  "neg")))
+    if common:
+        t = max(common)
+        at = {n: float(series[n][1][series[n][0] == t][0]) for n in ("sgd", "chaotic", "neg")}
+        damped = Check("chaotic and negative CGD: smaller max exponent than SGD", at["chaotic"] < at["sgd"]
+                       and at["neg"] < at["sgd"], f"at t = {t}: " + ", ".join(f"{n} {v:.4f}" for n, v in at.items()))
+    else:
+        damped = Check("chaotic and negative CGD: smaller max exponent than SGD", None, "no shared tangent step")
+    steps, non = _tangent_series(results["pos"], "non_chaotic_dim")
+    others = [float(_tangent_series(results[n], "non_chaotic_dim")[1][-1]) for n in ("sgd", "chaotic", "neg")
+              if _tangent_series(results[n], "non_chaotic_dim")[1].size]
+    if non.size >= 2:
+        lowest = Check("positive pruning: non-chaotic count falls and ends lowest of the four runs",
+                       bool(non[-1] < non[0] and all(non[-1] < o for o in others)),
+                       f"{int(non[0])} -> {int(non[-1])}; others end at {', '.join(str(int(o)) for o in others)}")
+    else:
+        lowest = Check("positive pruning: non-chaotic count falls and ends lowest of the four runs", None,
+                       f"{non.size} tangent step(s) recorded")
+    if non.size and np.any(non == 0):
+        zero = Check("positive pruning: non-chaotic count reaches 0", True,
+                     f"0 at step {int(steps[np.argmax(non == 0)])}")
+    elif non.size >= 2 and non[-1] < non[0]:
+        rate = (non[0] - non[-1]) / (steps[-1] - steps[0])
+        zero = Check("positive pruning: non-chaotic count reaches 0", None,
+                     f"{int(non[-1])} at the last tangent step {int(steps[-1])}; at the measured rate "
+                     f"{rate:.3g}/step it would reach 0 near step {int(steps[-1] + non[-1] / rate)}: horizon too short")
+    elif non.size >= 2:
+        zero = Check("positive pruning: non-chaotic count reaches 0", False,
+                     f"does not fall: {int(non[0])} -> {int(non[-1])}")
+    else:
+        zero = Check("positive pruning: non-chaotic count reaches 0", None, "fewer than two tangent steps")
+    checks = (damped, lowest, zero)
+    pos = results["pos"]
+    return Judgement("Figure C.1.3", "with momentum, chaotic/negative CGD quickly dampens the max exponent to ~0, SGD "
+                     "more slowly; positive pruning drives the non-chaotic count to 0 and training becomes unstable",
+                     combine(checks), checks, "the damping at the last shared tangent step; the positive-pruned "
+                     "count's fall, and its reaching 0 only where the run's horizon allows it",
+                     "; ".join(c.measured for c in checks) + "; positive pruning "
+                     + (f"diverged at step {pos.diverged_at}" if pos.diverged else "did not diverge"),
+                     "one seed per run; a few tangent steps per run" + ("; whether the positive-pruned count reaches "
+                                                                       "0 is not testable at this horizon"
+                                                                       if zero.passed is None else ""))
+
+
+# ---------------------------------------------------------------------------------------------- C.2.1
+def random_overlap_variance(a, b, n):
+    """Variance of overlap(V, W) = Tr(P_V P_W) / min(a, b) for independent uniformly random subspaces of dims a, b
+    in R^n: Var Tr(P_V P_W) = 2 a b (n - a)(n - b) / (n^2 (n - 1)(n + 2)) (for a = b = 1 the variance of a
+    Beta(1/2, (n - 1)/2) squared cosine)."""
+    a, b, n = (np.asarray(v, dtype=np.float64) for v in (a, b, n))
+    if np.any(n < 2) or np.any(a < 1) or np.any(b < 1) or np.any(a > n) or np.any(b > n):
+        raise ValueError("random_overlap_variance needs 1 <= a, b <= n and n >= 2")
+    out = 2 * a * b * (n - a) * (n - b) / (n**2 * (n - 1) * (n + 2)) / np.minimum(a, b) ** 2
+    return float(out) if out.ndim == 0 else out
+
+
+def random_overlap_quantile(a: int, b: int, n: int, q: float) -> float:
+    """The q-quantile of the random overlap, from the Beta distribution with its exact mean max(a, b)/n and
+    variance (:func:`random_overlap_variance`); exact for a = b = 1. 1.0 when it is deterministic (a or b = n)."""
+    from scipy.stats import beta
+
+    m = float(max(a, b) / n)
+    v = float(random_overlap_variance(a, b, n))
+    if v <= 0 or m >= 1:
+        return 1.0
+    common = m * (1 - m) / v - 1
+    return float(beta.ppf(q, m * common, (1 - m) * common))
+
+
+def _beyond_random(c: Mapping, alpha: float) -> tuple[bool | None, float, float]:
+    """(overlap at the last step above the random (1 - alpha)-quantile, that quantile, z-score) for one curve."""
+    o, d0, dt, n = float(c["overlap"][-1]), int(c["d0"]), int(c["dims"][-1]), int(c["n"])
+    if not math.isfinite(o) or min(d0, dt) < 1 or max(d0, dt) >= n:
+        return None, math.nan, math.nan
+    quantile = random_overlap_quantile(d0, dt, n, 1 - alpha)
+    z = (o - max(d0, dt) / n) / math.sqrt(random_overlap_variance(d0, dt, n))
+    return o > quantile, quantile, z
+
+
+def subspace_overlap_figure(curves: Mapping[str, Mapping], later: Mapping[str, Mapping],
+                            thresholds: Mapping[str, float]) -> Judgement:
+    """Figure C.2.1 from :func:`chaosnb.analysis.chaotic_overlap_with_baseline` curves per run, from the first
+    snapshot (``curves``) and a later one (``later``, the stand-in for T_conv).
+
+    Checks, each over ``run_fraction`` of the runs where it is decidable: from t0 = first, the final overlap lies
+    above the (1 - ``alpha``)-quantile of the overlap of random subspaces of the same dimensions (mean max(a, b)/n,
+    spread :func:`random_overlap_variance`); the decline slows down (runs with >= 3 points: the fall over the second
+    half of the points is at most that over the first); from the later t0 the final overlap is above the random
+    quantile too and higher than from t0 = first at the same step (closer to one)."""
+    alpha, frac = thresholds["alpha"], thresholds["run_fraction"]
+    above, slows, late_above, late_higher, parts = {}, {}, {}, {}, []
+    for name, c in curves.items():
+        ok, quantile, z = _beyond_random(c, alpha)
+        above[name] = ok
+        ov = np.asarray(c["overlap"], dtype=np.float64)
+        if ov.size >= 3 and np.isfinite(ov).all():
+            half = ov.size // 2
+            slows[name] = bool(ov[half] - ov[-1] <= ov[0] - ov[half])
+        parts.append(f"{name}: {ov[-1]:.3f} vs random {max(c['d0'], c['dims'][-1]) / c['n']:.3f} "
+                     f"({1 - alpha:.0%} quantile {quantile:.3f}, z {z:.1f})")
+    for name, c in later.items():
+        late_above[name] = _beyond_random(c, alpha)[0]
+        if name in curves and np.isfinite(c["overlap"][-1]) and np.isfinite(curves[name]["overlap"][-1]):
+            late_higher[name] = bool(c["overlap"][-1] > curves[name]["overlap"][-1])
+    checks = (_fraction_check(f"from t0 = first: final overlap above the random {1 - alpha:.0%} quantile", above, frac),
+              _fraction_check("from t0 = first: the decline slows down", slows, frac),
+              _fraction_check(f"from the later t0: final overlap above the random {1 - alpha:.0%} quantile",
+                              late_above, frac),
+              _fraction_check("from the later t0: final overlap higher than from t0 = first", late_higher, frac))
+    return Judgement("Figure C.2.1", "the similarity of V_chaotic(t0) and V_chaotic(t) stabilises above the random "
+                     "baseline for an early t0 and stays close to one for t0 = T_conv", combine(checks), checks,
+                     f"significance against the overlap distribution of random subspaces of the same dimensions "
+                     f"(one-sided, alpha {alpha:g}); each check in at least {frac:.0%} of the runs",
+                     "; ".join(parts) or "no overlap curve",
+                     "one seed per run; the quick runs do not converge, so a mid-training snapshot replaces T_conv; "
+                     "'close to one' is judged relative to the early t0, not by an absolute level")
