@@ -554,7 +554,8 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
                            thresholds: Mapping[str, float], datasets: Sequence[str] = ("USPS", "FMNIST")) -> Judgement:
     """Figure C.3.1: the CNN diverges more than the MLP, momentum more than none, datasets differ little.
 
-    ``results`` holds the runs "<ds> CNN", "<ds> CNN, momentum", "<ds> MLP, momentum" for each dataset label;
+    ``results`` holds the runs "<ds> CNN", "<ds> CNN, momentum", "<ds> MLP, momentum" (and optionally "<ds> MLP",
+    Figure 3a's run, for the MLP's momentum check) for each dataset label;
     ``equal_lr`` maps a dataset label to (CNN, MLP) perturbation runs (with momentum) at the SAME learning rate
     (the profile's runs give the CNN 3x the MLP's lr, which alone makes it separate faster per step). Growth of
     one strategy = log(d_s(t) / eps); two runs are compared by the mean over strategies of the paired log ratio,
@@ -562,7 +563,8 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
     at their common step (interval above 0); per dataset, CNN with momentum > without (final step, interval
     above 0); per dataset and configuration, USPS / FMNIST growth ratio within [1/``ds_ratio_max``,
     ``ds_ratio_max``] ("datasets differ little"); the order of the strategies along the curve (mean positional
-    divergence over [T/4, T)) below half the random-order expectation in every run."""
+    divergence over [T/4, T)) below half the random-order expectation in every run. The momentum check is made
+    per model whose two runs are given."""
     from chaosnb.perturb import STRATEGIES, random_order_expectation
 
     level, ds_max = thresholds["level"], thresholds["ds_ratio_max"]
@@ -580,12 +582,15 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
             checks.append(Check(label, None if est.n < 2 else est.positive,
                                 f"log(CNN / MLP growth) at step {h}, lr {cnn.config.lr:g}: {est.text()} "
                                 f"(ratio {math.exp(est.value):.3g})"))
-        cnn_m, cnn = results[f"{ds} CNN, momentum"], results[f"{ds} CNN"]
-        est = _paired_log_ratio(_log_growth(cnn_m), _log_growth(cnn), level)
-        checks.append(Check(f"{ds}: CNN with momentum > without", None if est.n < 2 else est.positive,
-                            f"log(growth ratio) {est.text()} (ratio {math.exp(est.value):.3g})"))
+        for model in ("CNN", "MLP"):  # the MLP pair only when both runs are given (Figure 3a's run is without)
+            if f"{ds} {model}" not in results or f"{ds} {model}, momentum" not in results:
+                continue
+            est = _paired_log_ratio(_log_growth(results[f"{ds} {model}, momentum"]),
+                                    _log_growth(results[f"{ds} {model}"]), level)
+            checks.append(Check(f"{ds}: {model} with momentum > without", None if est.n < 2 else est.positive,
+                                f"log(growth ratio) {est.text()} (ratio {math.exp(est.value):.3g})"))
     ds_ratios = {}
-    for suffix in ("CNN", "CNN, momentum", "MLP, momentum"):
+    for suffix in ("CNN", "CNN, momentum", "MLP", "MLP, momentum"):
         runs = [results.get(f"{ds} {suffix}") for ds in datasets[:2]]
         if len(datasets) < 2 or any(r is None for r in runs):
             continue
@@ -608,7 +613,7 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
                      f"growth compared by paired log ratios over the five strategies ({level:.0%} bootstrap "
                      "interval must exclude 0); CNN vs MLP at equal learning rate and equal step; order judged "
                      "before the final step whose L_T chose the directions",
-                     "; ".join(c.measured for c in checks) + "; " + "; ".join(parts),
+                     "; ".join(f"{c.name}: {c.measured}" for c in checks) + "; " + "; ".join(parts),
                      "one stage-1 run per configuration (replicates are the five strategies, three of them random "
                      "draws)")
 
@@ -711,7 +716,7 @@ def large_eps_accuracy_figure(results: Mapping[str, RunResult], thresholds: Mapp
                      "maximal non-chaotic is the worst (except panel (d))", combine(checks), tuple(checks),
                      f"paired per-step mini-batch accuracy differences; a difference counts only when its {level:.0%} "
                      "interval (corrected for autocorrelation) excludes 0",
-                     "; ".join(c.measured for c in checks),
+                     "; ".join(f"{c.name}: {c.measured}" for c in checks),
                      "one stage-1 run per configuration; eps 10 is far outside the linear regime")
 
 
