@@ -215,7 +215,7 @@ def all_configs(profile: dict) -> list[RunConfig]:
     for eps in (profile["perturbation"]["eps_main"], profile["perturbation"]["eps_large"]):
         configs += perturbation_runs(profile, eps).values()
     configs += eps_sweep_runs(profile).values()
-    configs += [c for pair in equal_lr_runs(profile).values() for c in pair]
+    configs += [c for pairs in equal_lr_seed_runs(profile).values() for pair in pairs for c in pair]
     configs += [c for sweep in eps_sweep_all_runs(profile).values() for c in sweep.values()]
     stage1 = [c.stage1() for c in configs if c.is_perturbation]
     return list(dict.fromkeys(stage1 + configs))
@@ -271,4 +271,32 @@ def eps_sweep_all_runs(profile: dict) -> dict[str, dict[float, RunConfig]]:
                if ds == p["dataset"] and model == p["model"] and mom == 0.0)
     out[one] = {**out[one], **eps_sweep_runs(profile)}
     out[one] = dict(sorted(out[one].items()))
+    return out
+
+
+def equal_lr_seed_runs(profile: dict) -> dict[str, list[tuple[RunConfig, RunConfig]]]:
+    """The equal-lr pairs of :func:`equal_lr_runs` at every seed of ``perturbation.equal_lr.seeds`` (default: the
+    profile's seed) for the dataset labels in ``perturbation.equal_lr.seed_datasets`` (default: both); other
+    datasets keep the profile's seed only. A seed is a full replicate: batches, initialisation and the random
+    directions all change, and both stage-1 runs are recomputed (spectrum at the final step only)."""
+    import dataclasses
+
+    base = equal_lr_runs(profile)
+    if not base:
+        return {}
+    spec = profile["perturbation"]["equal_lr"]
+    seeds = [int(x) for x in spec.get("seeds", [profile["seed"]])]
+    seeded = spec.get("seed_datasets", list(base))
+    out = {}
+    for label, pair in base.items():
+        out[label] = [pair]
+        for seed in seeds if label in seeded else []:
+            if seed == pair[0].seed:
+                continue
+            new = []
+            for run in pair:
+                stage1 = dataclasses.replace(run.stage1(), seed=seed, tangent_steps=(run.steps,), snapshot_steps=())
+                new.append(dataclasses.replace(stage1, perturb_eps=run.perturb_eps, perturb_strategies=STRATEGIES,
+                                               eval_every=run.eval_every))
+            out[label].append(tuple(new))
     return out

@@ -557,9 +557,10 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
     ``results`` holds the runs "<ds> CNN", "<ds> CNN, momentum", "<ds> MLP, momentum" (and optionally "<ds> MLP",
     Figure 3a's run, for the MLP's momentum check) for each dataset label;
     ``equal_lr`` maps a dataset label to (CNN, MLP) perturbation runs (with momentum) at the SAME learning rate
-    (the profile's runs give the CNN 3x the MLP's lr, which alone makes it separate faster per step). Growth of
-    one strategy = log(d_s(t) / eps); two runs are compared by the mean over strategies of the paired log ratio,
-    with a paired bootstrap interval over the strategies (``level``). Checks: per dataset, CNN > MLP at equal lr
+    (the profile's runs give the CNN 3x the MLP's lr, which alone makes it separate faster per step), or to a list
+    of such pairs, one per seed. Growth of one strategy = log(d_s(t) / eps); two runs are compared by the mean over
+    strategies of the paired log ratio, with a paired bootstrap interval (``level``) over the strategies (one
+    pair) or over the seeds' means (several pairs). Checks: per dataset, CNN > MLP at equal lr
     at their common step (interval above 0); per dataset, CNN with momentum > without (final step, interval
     above 0); per dataset and configuration, USPS / FMNIST growth ratio within [1/``ds_ratio_max``,
     ``ds_ratio_max``] ("datasets differ little"); the order of the strategies along the curve (mean positional
@@ -571,17 +572,19 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
     chance = random_order_expectation(len(STRATEGIES))
     checks, parts = [], []
     for ds in datasets:
-        pair = equal_lr.get(ds)
+        pairs = equal_lr.get(ds)
         label = f"{ds}: CNN > MLP at equal lr (momentum)"
-        if pair is None:
+        if not pairs:
             checks.append(Check(label, None, "no equal-lr runs at this profile"))
         else:
-            cnn, mlp = pair
-            h = _common_step(cnn, mlp)
-            est = _paired_log_ratio(_log_growth(cnn, h), _log_growth(mlp, h), level)
+            pairs = [pairs] if isinstance(pairs[0], RunResult) else list(pairs)
+            h = min(_common_step(cnn, mlp) for cnn, mlp in pairs)
+            per_seed = [_paired_log_ratio(_log_growth(cnn, h), _log_growth(mlp, h), level) for cnn, mlp in pairs]
+            est = per_seed[0] if len(pairs) == 1 else paired_bootstrap([e.value for e in per_seed], level)
+            over = "the strategies" if len(pairs) == 1 else f"{len(pairs)} seeds"
             checks.append(Check(label, None if est.n < 2 else est.positive,
-                                f"log(CNN / MLP growth) at step {h}, lr {cnn.config.lr:g}: {est.text()} "
-                                f"(ratio {math.exp(est.value):.3g})"))
+                                f"log(CNN / MLP growth) at step {h}, lr {pairs[0][0].config.lr:g}: {est.text()} over "
+                                f"{over} (ratio {math.exp(est.value):.3g})"))
         for model in ("CNN", "MLP"):  # the MLP pair only when both runs are given (Figure 3a's run is without)
             if f"{ds} {model}" not in results or f"{ds} {model}, momentum" not in results:
                 continue
@@ -614,8 +617,8 @@ def distance_growth_figure(results: Mapping[str, RunResult], equal_lr: Mapping[s
                      "interval must exclude 0); CNN vs MLP at equal learning rate and equal step; order judged "
                      "before the final step whose L_T chose the directions",
                      "; ".join(f"{c.name}: {c.measured}" for c in checks) + "; " + "; ".join(parts),
-                     "one stage-1 run per configuration (replicates are the five strategies, three of them random "
-                     "draws)")
+                     "one stage-1 run per configuration except the equal-lr pairs (seeds as given); elsewhere the "
+                     "replicates are the five strategies, three of them random draws")
 
 
 def _paired_accuracy(result: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -98,6 +98,23 @@ def test_c31_checks_momentum_per_model_given():
     assert c31(mlp_mom=2.0).status == V.REPRODUCED
 
 
+def test_c31_equal_lr_over_seeds_needs_every_seed_to_agree():
+    """With several seeds the interval is over the seeds' means: one seed with the opposite sign undoes it."""
+    base = c31(equal=False)
+    results = {f"{ds} {m}": prun(np.asarray(ORDERED) * k) for ds in ("USPS", "FMNIST")
+               for m, k in (("CNN", 2), ("CNN, momentum", 3), ("MLP, momentum", 1.5))}
+
+    def pair(cnn_scale):
+        return prun(np.asarray(ORDERED) * cnn_scale), prun(np.asarray(ORDERED))
+
+    agree = V.distance_growth_figure(results, {"USPS": [pair(2), pair(1.5), pair(3)]}, TH)
+    split = V.distance_growth_figure(results, {"USPS": [pair(2), pair(1.5), pair(0.5)]}, TH)
+    first = [c for c in agree.checks if c.name.startswith("USPS: CNN > MLP")][0]
+    assert first.passed is True and "over 3 seeds" in first.measured and agree.status == V.REPRODUCED
+    assert [c for c in split.checks if c.name.startswith("USPS: CNN > MLP")][0].passed is False
+    assert base.status == V.REPRODUCED
+
+
 def test_c31_without_equal_lr_runs_leaves_that_check_undecided():
     j = c31(equal=False)
     undecided = [c for c in j.checks if c.passed is None]
@@ -263,6 +280,20 @@ def test_equal_lr_pairs_share_lr_and_horizon(profile):
         assert cnn.stage1().tangent_steps[-1] == cnn.steps
     configs = E.all_configs(profile)
     assert all(c in configs for pair in pairs.values() for c in pair)
+
+
+def test_equal_lr_seeds_are_full_replicates(profile):
+    seeded = E.equal_lr_seed_runs(profile)
+    assert {k: v[0] for k, v in seeded.items()} == E.equal_lr_runs(profile)
+    spec = profile["perturbation"]["equal_lr"]
+    for label, pairs in seeded.items():
+        expected = len(spec.get("seeds", [profile["seed"]])) if label in spec.get("seed_datasets", seeded) else 1
+        assert len(pairs) == expected and len({p[0].seed for p in pairs}) == expected
+        for cnn, mlp in pairs:
+            assert cnn.seed == mlp.seed and cnn.lr == mlp.lr and cnn.steps == mlp.steps
+            assert cnn.stage1().tangent_steps[-1] == cnn.steps == mlp.stage1().tangent_steps[-1]
+    configs = set(E.all_configs(profile))
+    assert all(c in configs for pairs in seeded.values() for pair in pairs for c in pair)
 
 
 def test_eps_sweep_covers_every_configuration_at_the_ends_and_main(profile):
