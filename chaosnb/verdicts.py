@@ -730,9 +730,10 @@ def eps_order_figure(sweeps: Mapping[str, Mapping[float, RunResult]], eps_main: 
     ``sweeps`` maps a reference configuration to {eps: perturbation run}; the configurations are the replicates
     (the caption pools all experiments). The order of a run is its mean positional divergence (MPD) over the
     recorded steps in [T/4, T) (at T it holds by construction to first order). Checks, with paired bootstrap
-    intervals over the configurations that have every eps: the mean MPD at ``eps_main`` lies below half the
-    random-order expectation (upper end of its interval); the smallest and the largest eps are each more random
-    than ``eps_main`` by at least ``mpd_margin`` (0.2 = one adjacent swap of five; the interval's lower end)."""
+    intervals over the configurations that have the eps compared (a finite order at each): the mean MPD at
+    ``eps_main`` lies below half the random-order expectation (upper end of its interval); the smallest and the
+    largest eps are each more random than ``eps_main`` by at least ``mpd_margin`` (0.2 = one adjacent swap of
+    five; the interval's lower end)."""
     from chaosnb.perturb import STRATEGIES, random_order_expectation
 
     level, margin = thresholds["level"], thresholds["mpd_margin"]
@@ -741,9 +742,13 @@ def eps_order_figure(sweeps: Mapping[str, Mapping[float, RunResult]], eps_main: 
     if eps_main not in eps_all:
         raise ValueError(f"eps_main {eps_main:g} is not in the sweep ({', '.join(f'{e:g}' for e in eps_all)})")
     along = {name: {e: order_along_curve(r)[1] for e, r in sweep.items()} for name, sweep in sweeps.items()}
-    full = [n for n, v in along.items() if all(math.isfinite(v.get(e, math.nan)) for e in eps_all)]
-    per_eps = {e: paired_bootstrap([along[n][e] for n in full], level) for e in eps_all}
+
+    def having(*eps: float) -> list[str]:  # the configurations with a finite order at every one of ``eps``
+        return [n for n, v in along.items() if all(math.isfinite(v.get(e, math.nan)) for e in eps)]
+
+    per_eps = {e: paired_bootstrap([along[n][e] for n in having(e)], level) for e in eps_all}
     main = per_eps[eps_main]
+    full = having(eps_all[0], eps_main, eps_all[-1])
     checks = [Check(f"eps {eps_main:g} ordered: mean MPD < {chance / 2:.2g} (half of random)",
                     None if main.n < 2 else main.high < chance / 2, f"{main.text()} over {main.n} configurations")]
     for side, e in (("smaller", eps_all[0]), ("larger", eps_all[-1])):
@@ -751,16 +756,18 @@ def eps_order_figure(sweeps: Mapping[str, Mapping[float, RunResult]], eps_main: 
         if e == eps_main:
             checks.append(Check(label, None, f"the sweep has no {side} eps"))
             continue
-        est = paired_bootstrap([along[n][e] - along[n][eps_main] for n in full], level)
+        est = paired_bootstrap([along[n][e] - along[n][eps_main] for n in having(e, eps_main)], level)
         checks.append(Check(label, None if est.n < 2 else est.low >= margin - 1e-12, est.text()))
     return Judgement("Figure C.4.1", "eps = 0.1 gives the expected order of the strategies; smaller and larger eps "
                      "become more random the farther they are from 0.1", combine(checks), tuple(checks),
-                     f"order along the curve (MPD over [T/4, T)) averaged over {len(full)} configurations; "
+                     f"order along the curve (MPD over [T/4, T)) averaged over the configurations ({len(full)} "
+                     "with both ends and the main eps); "
                      f"differences with {level:.0%} paired bootstrap intervals over configurations, effect at least "
                      f"{margin:g}", "mean MPD along the curve: " + ", ".join(f"eps {e:g} {per_eps[e].text()}"
                                                                               for e in eps_all)
                      + f" (random order {chance:.2g})",
-                     f"{len(sweeps) - len(full)} configuration(s) without every eps left out; one stage-1 run each")
+                     f"{len(sweeps) - len(full)} configuration(s) lack an end of the sweep or the main eps (or an "
+                     "order before T: a run that diverged early); one stage-1 run each")
 
 
 def bounds_figure(data: Mapping[str, tuple[RunResult, RunResult]], eps: float,

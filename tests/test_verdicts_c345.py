@@ -204,6 +204,15 @@ def test_c41_flips(kwargs, status):
     assert j.status == status, j.reason
 
 
+def test_c41_uses_every_configuration_with_the_eps_compared():
+    """A middle eps swept on one configuration only does not remove the others from the end-vs-main checks."""
+    sweeps = {f"c{k}": {0.001: prun(REVERSED, eps=0.001), 0.1: prun(ORDERED), 10.0: prun(REVERSED, eps=10.0)}
+              for k in range(3)}
+    sweeps["c0"][1.0] = prun(SWAP1, eps=1.0)
+    j = V.eps_order_figure(sweeps, 0.1, TH)
+    assert j.status == V.REPRODUCED and "over 3 configurations" in j.checks[0].measured
+
+
 def test_c41_margin_is_an_effect_size_not_a_count():
     """Ends that are more random by less than one swap do not count, however many eps values there are."""
     sweeps = {f"c{k}": {e: prun(ORDERED, eps=e) for e in (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)} for k in range(4)}
