@@ -215,5 +215,88 @@ def all_configs(profile: dict) -> list[RunConfig]:
     for eps in (profile["perturbation"]["eps_main"], profile["perturbation"]["eps_large"]):
         configs += perturbation_runs(profile, eps).values()
     configs += eps_sweep_runs(profile).values()
+    configs += [c for pairs in equal_lr_seed_runs(profile).values() for pair in pairs for c in pair]
+    configs += [c for sweep in eps_sweep_all_runs(profile).values() for c in sweep.values()]
     stage1 = [c.stage1() for c in configs if c.is_perturbation]
     return list(dict.fromkeys(stage1 + configs))
+
+
+# --- perturbations (C.3-C.5): equal-lr comparison (C.3.1) and the eps sweep over every configuration (C.4.1)
+def equal_lr_runs(profile: dict, eps: float | None = None) -> dict[str, tuple[RunConfig, RunConfig]]:
+    """Figure C.3.1 at equal learning rate: {dataset label: (CNN run, MLP run)}, both with momentum, perturbed at
+    ``eps`` (default ``eps_main``).
+
+    ``perturbation.equal_lr`` = {model: M, like: L} reruns model M at L's learning rate and perturbation horizon
+    (its stage 1 computes the finite-time spectrum only at the final step, which is all the directions need); the
+    L run is the profile's own perturbation run. Where M's lr and horizon already equal L's (the paper profile),
+    M's own perturbation run is used and nothing new is computed. {} without the key."""
+    import dataclasses
+
+    spec = profile["perturbation"].get("equal_lr")
+    if not spec:
+        return {}
+    model, like = spec["model"], spec["like"]
+    if {model, like} != {"cnn", "mlp"}:
+        raise ValueError(f"perturbation.equal_lr must name model and like as cnn and mlp, got {spec!r}")
+    eps = float(profile["perturbation"]["eps_main"] if eps is None else eps)
+    reference = reference_runs(profile)
+    out = {}
+    for label in ("USPS", "FMNIST"):
+        ref_like = reference[f"{label} {like.upper()}, momentum"]
+        ref_model = reference[f"{label} {model.upper()}, momentum"]
+        run_like = perturbation_run(profile, ref_like, eps)
+        run_model = perturbation_run(profile, ref_model, eps)
+        if run_model.lr != run_like.lr or run_model.steps != run_like.steps:
+            stage1 = dataclasses.replace(ref_model, lr=run_like.lr, steps=run_like.steps,
+                                         tangent_steps=(run_like.steps,), snapshot_steps=())
+            run_model = dataclasses.replace(stage1, perturb_eps=eps, perturb_strategies=STRATEGIES,
+                                            eval_every=int(profile["perturbation"]["eval_every"]))
+        pair = (run_model, run_like) if model == "cnn" else (run_like, run_model)
+        out[label] = pair
+    return out
+
+
+def eps_sweep_all_runs(profile: dict) -> dict[str, dict[float, RunConfig]]:
+    """Figure C.4.1 over every reference configuration (the caption pools all experiments): {configuration:
+    {eps: perturbation run}} for each eps in ``eps_sweep.all_configs_eps`` (the eps of the sweep when it is
+    ``all``). The one configuration of :func:`eps_sweep_runs` keeps its full sweep. {} without the key."""
+    p = profile["eps_sweep"]
+    spec = p.get("all_configs_eps")
+    if not spec:
+        return {}
+    eps_list = [float(e) for e in (p["eps"] if spec == "all" else spec)]
+    out = {name: {eps: perturbation_run(profile, ref, eps) for eps in eps_list}
+           for name, ref in reference_runs(profile).items()}
+    one = next(n for n, (ds, model, mom) in REFERENCE_RUNS.items()
+               if ds == p["dataset"] and model == p["model"] and mom == 0.0)
+    out[one] = {**out[one], **eps_sweep_runs(profile)}
+    out[one] = dict(sorted(out[one].items()))
+    return out
+
+
+def equal_lr_seed_runs(profile: dict) -> dict[str, list[tuple[RunConfig, RunConfig]]]:
+    """The equal-lr pairs of :func:`equal_lr_runs` at every seed of ``perturbation.equal_lr.seeds`` (default: the
+    profile's seed) for the dataset labels in ``perturbation.equal_lr.seed_datasets`` (default: both); other
+    datasets keep the profile's seed only. A seed is a full replicate: batches, initialisation and the random
+    directions all change, and both stage-1 runs are recomputed (spectrum at the final step only)."""
+    import dataclasses
+
+    base = equal_lr_runs(profile)
+    if not base:
+        return {}
+    spec = profile["perturbation"]["equal_lr"]
+    seeds = [int(x) for x in spec.get("seeds", [profile["seed"]])]
+    seeded = spec.get("seed_datasets", list(base))
+    out = {}
+    for label, pair in base.items():
+        out[label] = [pair]
+        for seed in seeds if label in seeded else []:
+            if seed == pair[0].seed:
+                continue
+            new = []
+            for run in pair:
+                stage1 = dataclasses.replace(run.stage1(), seed=seed, tangent_steps=(run.steps,), snapshot_steps=())
+                new.append(dataclasses.replace(stage1, perturb_eps=run.perturb_eps, perturb_strategies=STRATEGIES,
+                                               eval_every=run.eval_every))
+            out[label].append(tuple(new))
+    return out
