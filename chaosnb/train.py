@@ -9,6 +9,7 @@ The results store (:mod:`chaosnb.runs`) is the only place that writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from torch.func import grad_and_value
 from chaosnb.cgd import CGD
 from chaosnb.config import RunConfig
 from chaosnb.curvature import HessianDiverged, Spectrum, minibatch_spectrum
-from chaosnb.data import load_dataset, sampler_for
+from chaosnb.data import Dataset, load_dataset, sampler_for
 from chaosnb.lyapunov import TangentMap, max_local_exponent
 from chaosnb.models import make_flat_model
 from chaosnb.perturb import STRATEGIES, perturbation_direction, strategy_seed
@@ -107,14 +108,25 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """The dataset's tensors on ``device`` (the same object on the CPU: no copy)."""
+    if device.type == "cpu":
+        return dataset
+    return dataclasses.replace(dataset, **{name: getattr(dataset, name).to(device)
+                                           for name in ("train_x", "train_y", "test_x", "test_y")})
+
+
 class Training:
     """The full, checkpointable state of one training run (single model, or the perturbation ensemble)."""
 
     def __init__(self, config: RunConfig, directions: dict[str, np.ndarray] | None = None):
         self.config = config
-        self.dataset = load_dataset(config.dataset)
-        self.sampler = sampler_for(self.dataset, config.batch_size, config.seed)
+        self.device = torch.device(config.device)
+        self.dataset = _on_device(load_dataset(config.dataset), self.device)
+        self.sampler = sampler_for(self.dataset, config.batch_size, config.seed)  # its RNG stays on the CPU
         self.flat, theta0 = make_flat_model(config.model, config.activation, config.seed, _dtype(config.dtype))
+        self.flat.module.to(self.device)  # initialised on the CPU (same draws everywhere), then moved
+        theta0 = theta0.to(self.device)
         self.recorder = Recorder()
         self.step = 0
         self.status = "running"
@@ -127,7 +139,8 @@ class Training:
             if directions is None:
                 raise ValueError("a perturbation run needs the stage-1 directions")
             names = ["unperturbed", *config.perturb_strategies]
-            thetas = [theta0] + [theta0 + config.perturb_eps * torch.as_tensor(directions[s], dtype=theta0.dtype)
+            thetas = [theta0] + [theta0 + config.perturb_eps * torch.as_tensor(directions[s], dtype=theta0.dtype,
+                                                                                device=self.device)
                                  for s in config.perturb_strategies]
             self.model_names = names
         else:
@@ -135,7 +148,7 @@ class Training:
             self.model_names = ["model"]
         self.params = [torch.nn.Parameter(t.clone()) for t in thetas]
         self.optimizers = [self._optimizer(p) for p in self.params]
-        self.tangent = (TangentMap(self.flat.num_params, config.lr, config.momentum)
+        self.tangent = (TangentMap(self.flat.num_params, config.lr, config.momentum, device=self.device)
                         if config.uses_tangent_map else None)
         self._value_and_grad = grad_and_value(self._loss_and_logits, has_aux=True)
 
@@ -269,7 +282,7 @@ class Training:
         if done in c.snapshot_steps:
             self.snapshots[done] = chaotic.to(torch.float32).clone()
         if done == c.steps:
-            self.arrays["ftle_exponents"] = ftle.exponents.numpy()
+            self.arrays["ftle_exponents"] = ftle.exponents.cpu().numpy()
             directions = []
             for name in STRATEGIES:
                 gen = torch.Generator().manual_seed(strategy_seed(c.seed, name))
@@ -277,8 +290,8 @@ class Training:
                     d = perturbation_direction(name, exponents=ftle.decision_exponents, eigenvectors=ftle.vectors,
                                                generator=gen, tol=c.lyapunov_tol)
                 except ValueError:  # empty chaotic or non-chaotic subspace
-                    d = torch.full((self.flat.num_params,), math.nan, dtype=torch.float64)
-                directions.append(d.numpy())
+                    d = torch.full((self.flat.num_params,), math.nan, dtype=torch.float64, device=self.device)
+                directions.append(d.cpu().numpy())
             self.arrays["directions"] = np.stack(directions)
 
     def _finish(self) -> None:
@@ -309,7 +322,7 @@ class Training:
 
     def result(self) -> RunResult:
         arrays = dict(self.arrays)
-        arrays["final_theta"] = np.stack([p.detach().double().numpy() for p in self.params])
+        arrays["final_theta"] = np.stack([p.detach().double().cpu().numpy() for p in self.params])
         meta = {"models": self.model_names}
         if self.diverged_reason:
             meta["diverged_reason"] = self.diverged_reason
