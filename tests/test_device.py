@@ -135,3 +135,21 @@ def test_sweep_payload_carries_the_device(monkeypatch):
     assert rebuilt.device == "cuda" and rebuilt.run_hash() == gpu.run_hash()
     assert hashlib.sha256(json.dumps(gpu.to_dict()).encode()).hexdigest() != hashlib.sha256(
         json.dumps(RunConfig(steps=1).to_dict()).encode()).hexdigest()
+
+
+def test_records_from_before_the_device_option_read_as_cpu_runs(tmp_path, data_root, monkeypatch):
+    """A config.json written before ``device`` existed (no such key) is a CPU run, even under $CHAOSNB_DEVICE=cuda."""
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    config = RunConfig(steps=2)
+    runs.get(config, tmp_path, progress=False)
+    directory = runs.run_dir(config, tmp_path)
+    recorded = json.loads((directory / "config.json").read_text())
+    del recorded["config"]["device"], recorded["device"]
+    runs.atomic_write_json(directory / "config.json", recorded)
+    done = json.loads((directory / "DONE").read_text())
+    done["sha256"]["config.json"] = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    done["done_sha256"] = runs._fields_sha256(done)
+    runs.atomic_write_json(directory / "DONE", done)
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    result = runs.load_result(directory)
+    assert result is not None and result.config.device == "cpu" and result.config.run_hash() == directory.name
