@@ -176,7 +176,8 @@ def prune_plan(spectrum: Spectrum, lr: float, prune_set: str, k: int | None = No
         if select == "top_abs":
             order = torch.argsort(lam[candidates].abs(), descending=True, stable=True)
         else:
-            order = torch.randperm(int(candidates.numel()), generator=generator)
+            order = torch.randperm(int(candidates.numel()), generator=generator,
+                                   device=generator.device if generator is not None else None)
         chosen = candidates[order[:n].to(candidates.device)]
         in_set = torch.zeros_like(in_set)
         in_set[chosen] = True
@@ -197,7 +198,8 @@ def pruned_gradient(grad: torch.Tensor, plan: PrunePlan, noise_std: float = 0.0,
         raise ValueError(f"grad has {grad.shape[0]} entries, the plan's spectrum {plan.num_params}")
     out = plan.keep(grad)
     if noise_std > 0:
-        z = torch.randn(grad.shape, generator=generator, dtype=torch.float64).to(grad.dtype) * noise_std
+        z = torch.randn(grad.shape, generator=generator, dtype=torch.float64,
+                        device=generator.device if generator is not None else None).to(grad.dtype) * noise_std
         out = out + plan.prune(z.to(grad.device))
     return out
 

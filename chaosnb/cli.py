@@ -46,8 +46,14 @@ def _parse_value(text: str):
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from chaosnb.book import NotebookFailed, build
+    import os
 
+    from chaosnb.book import NotebookFailed, build
+    from chaosnb.config import DEVICE_ENV, RunConfig, check_device_available
+
+    if args.device:  # the notebooks' kernels and the run workers inherit it: every RunConfig built there uses it
+        os.environ[DEVICE_ENV] = args.device
+    check_device_available(RunConfig().device)  # also catches CHAOSNB_DEVICE=cuda on a machine without a GPU
     params = {key: _parse_value(value) for key, value in (args.param or [])}
     try:
         build(args.profile, args.build_dir, only=args.only, parameters=params, jobs=args.jobs,
@@ -75,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not compute the catalogue's runs up front (notebooks compute what they miss)")
     book.add_argument("--scheduler", default=None, metavar="ADDRESS",
                       help="Dask scheduler to compute the runs on (default: $CHAOSNB_SCHEDULER, else a local cluster)")
+    book.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                      help="where the runs compute (default: $CHAOSNB_DEVICE, else cpu); part of a run's hash for cuda")
     book.set_defaults(func=cmd_book)
     cli_runs.add_subcommands(sub)
     plan.add_subcommand(sub)

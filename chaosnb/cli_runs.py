@@ -28,7 +28,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(RunConfig):
         kind = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
-        if kind in ("list", "optional_int"):
+        if f.name == "device":
+            parser.add_argument(flag, dest=f.name, default=None, help="where the run computes: cpu or cuda (default: "
+                                "$CHAOSNB_DEVICE, else cpu); cuda is part of the run's hash")
+        elif kind in ("list", "optional_int"):
             hint = "comma-separated" if kind == "list" else "int or none"
             parser.add_argument(flag, dest=f.name, default=None, help=f"{f.name} ({hint})")
         else:
@@ -151,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from chaosnb.cluster import ClusterError
+    from chaosnb.config import check_device_available
     from chaosnb.data import load_dataset
     from chaosnb.runs import ensure_writable, results_root, sweep
 
@@ -168,6 +172,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     for dataset in sorted({c.dataset for c in configs}):
         load_dataset(dataset)  # a missing or damaged dataset: one line, before any run starts
+    for device in sorted({c.device for c in configs}):
+        check_device_available(device)  # --device cuda without a GPU: one line (exit 2), before any run starts
     ensure_writable(results_root())
     try:
         rows = sweep(configs, jobs=args.jobs, progress=not args.quiet, scheduler=args.scheduler)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
@@ -23,6 +24,8 @@ from chaosnb.perturb import STRATEGIES
 SCHEMA = 1
 OPTIMIZERS = ("sgd", "cgd")
 DTYPES = ("float32", "float64")
+DEVICES = ("cpu", "cuda")
+DEVICE_ENV = "CHAOSNB_DEVICE"
 FLOAT_FIELDS = ("lr", "momentum", "prune_noise_std", "spectrum_rtol", "lyapunov_tol", "perturb_eps")
 
 
@@ -41,6 +44,13 @@ class RunConfig:
     A perturbation run (``perturb_eps`` > 0) trains an unperturbed model and one model per strategy from
     theta_0 + eps d on the same batches; the directions come from the stage-1 run ``stage1()``, which is the
     same configuration without perturbation, with the tangent map taken to the final step.
+
+    ``device`` ("cpu" or "cuda"; default ``$CHAOSNB_DEVICE``, else "cpu") is where every tensor of the run lives
+    (the batch sampler's and the probes' RNGs stay on the CPU, so a seed gives the same batches everywhere). It is
+    part of the hash for "cuda" only: a GPU's kernels round differently and SGD is chaotic, so a GPU run is another
+    trajectory after a few hundred steps and must never stand in for the CPU result (or vice versa); "cpu" is left
+    out of the hash so every CPU run keeps the hash (and cached result) it had before the option existed. Which GPU
+    is used (``CUDA_VISIBLE_DEVICES``) is not part of it.
     """
 
     dataset: str = "usps"
@@ -73,11 +83,19 @@ class RunConfig:
     perturb_eps: float = 0.0
     perturb_strategies: tuple[str, ...] = ()
     distance_every: int = 1
+    # where the run computes (not in the hash for "cpu"; see above)
+    device: str | None = None
 
     def __post_init__(self):
         # equal configurations must hash equally: lr=1 and lr=1.0 (YAML ints) are the same run
         for name in FLOAT_FIELDS:
             object.__setattr__(self, name, _as_float(name, getattr(self, name)))
+        device = (os.environ.get(DEVICE_ENV) or "cpu") if self.device is None else self.device
+        origin = f" (from ${DEVICE_ENV})" if self.device is None else ""
+        if not isinstance(device, str) or device.strip().lower() not in DEVICES:
+            raise ConfigError(f"device: unknown value {device!r}{origin}; valid values are: {', '.join(DEVICES)} "
+                              "(choose the GPU with CUDA_VISIBLE_DEVICES)")
+        object.__setattr__(self, "device", device.strip().lower())
         object.__setattr__(self, "dataset", _check_choice("dataset", canonical_dataset_or_error(self.dataset),
                                                           DATASETS))
         for name, options in (("model", MODELS), ("activation", tuple(ACTIVATIONS)), ("optimizer", OPTIMIZERS),
@@ -176,7 +194,10 @@ class RunConfig:
 
     def run_hash(self) -> str:
         """Canonical hash (16 hex digits) of every field that determines the numbers."""
-        payload = json.dumps({"schema": SCHEMA, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        fields_ = self.to_dict()
+        if fields_["device"] == "cpu":  # CPU runs keep the hashes they had before ``device`` existed
+            del fields_["device"]
+        payload = json.dumps({"schema": SCHEMA, **fields_}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -190,7 +211,20 @@ class RunConfig:
             parts.append(f"start={self.prune_start}")
         if self.is_perturbation:
             parts.append(f"eps={self.perturb_eps:g}")
+        if self.device != "cpu":
+            parts.append(self.device)
         return " ".join(parts)
+
+
+def check_device_available(device: str) -> None:
+    """Raise :class:`ConfigError` (one line naming the option) when ``device`` cannot compute on this machine."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: 'cuda' was asked for (--device or ${DEVICE_ENV}) but torch "
+                              f"{torch.__version__} sees no CUDA device on this machine (CUDA build: "
+                              f"{torch.version.cuda or 'none'}); use --device cpu, or run on a GPU node")
 
 
 def canonical_dataset_or_error(name: str) -> str:

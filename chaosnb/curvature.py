@@ -134,7 +134,7 @@ class Spectrum:
         """Theorem A.5: LLE_i = log|1 - lr*lambda_i| (0 for the zero eigenspace), ascending in lambda."""
         lle = torch.log(torch.abs(1.0 - lr * self.signed_eigenvalues().double()))
         if include_implicit and self.implicit_zeros:
-            lle = torch.cat([lle, torch.zeros(self.implicit_zeros, dtype=lle.dtype)])
+            lle = torch.cat([lle, torch.zeros(self.implicit_zeros, dtype=lle.dtype, device=lle.device)])
         return lle
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -188,7 +188,7 @@ def _scipy_eigh(driver: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, tor
         import scipy.linalg
 
         lam, vecs = scipy.linalg.eigh(a.detach().cpu().double().numpy(), driver=driver, check_finite=False)
-        return torch.from_numpy(lam), torch.from_numpy(vecs)
+        return torch.from_numpy(lam).to(a.device), torch.from_numpy(vecs).to(a.device)
 
     return solve
 
@@ -205,7 +205,7 @@ EIGENSOLVERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tenso
 
 def _power_of_two_scale(a: torch.Tensor) -> int:
     """e with max|a| * 2**-e in [0.5, 1) (0 for a zero matrix): rescaling by it is exact."""
-    m = a.abs().max() if a.numel() else torch.zeros(())
+    m = a.abs().max() if a.numel() else torch.zeros((), device=a.device)
     return int(torch.frexp(m.double())[1]) if float(m) > 0.0 else 0
 
 
@@ -225,7 +225,7 @@ def symmetric_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
     e = _power_of_two_scale(a)
     if e and 2.0 ** e > HESSIAN_LIMIT:
         raise HessianDiverged(f"the Hessian is astronomically large (max|H| >= 2**{e - 1})")
-    scaled = torch.ldexp(a, torch.tensor(-e, dtype=torch.int32)) if e else a
+    scaled = torch.ldexp(a, torch.tensor(-e, dtype=torch.int32, device=a.device)) if e else a
     failures = []
     for name, solve in EIGENSOLVERS.items():
         if name == "torch.eigh[float64]" and a.dtype == torch.float64:
@@ -236,7 +236,8 @@ def symmetric_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
             failures.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
         if bool(torch.isfinite(lam).all()) and bool(torch.isfinite(vecs).all()):
-            lam = torch.ldexp(lam.to(a.dtype), torch.tensor(e, dtype=torch.int32)) if e else lam.to(a.dtype)
+            lam = (torch.ldexp(lam.to(a.dtype), torch.tensor(e, dtype=torch.int32, device=a.device)) if e
+                   else lam.to(a.dtype))
             return lam, vecs.to(a.dtype), name
         failures.append(f"{name}: returned non-finite eigenpairs")
     raise HessianDiverged("every eigensolver failed: " + "; ".join(failures))
@@ -272,13 +273,15 @@ def _extend_range_basis(q: torch.Tensor, y: torch.Tensor, threshold: float) -> t
 
 
 @functools.lru_cache(maxsize=32)
-def _probe_block(n: int, width: int, seed: int, index: int, dtype: torch.dtype) -> torch.Tensor:
+def _probe_block(n: int, width: int, seed: int, index: int, dtype: torch.dtype,
+                 device: torch.device | None = None) -> torch.Tensor:
     """Gaussian probes N(0, I) of shape (n, width): block ``index`` of the stream seeded by ``seed``.
 
-    Cached and shared, so never modify the result: the same seeded probes are used at every step.
+    Cached and shared, so never modify the result: the same seeded probes are used at every step. Drawn on the
+    CPU (the same probes on every device), then moved to ``device``.
     """
     gen = torch.Generator().manual_seed((seed << 24) + index)
-    return torch.randn(n, width, generator=gen, dtype=torch.float64).to(dtype)
+    return torch.randn(n, width, generator=gen, dtype=torch.float64, device=gen.device).to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -395,7 +398,7 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
     max_rank = int(max_rank_fraction * n)
     down = subspace.down if subspace is not None else (lambda v: v)
     up = subspace.up if subspace is not None else (lambda v: v)
-    q = torch.zeros(n if subspace is None else subspace.dim, 0, dtype=dtype)  # in P's coordinates
+    q = torch.zeros(n if subspace is None else subspace.dim, 0, dtype=dtype, device=theta.device)  # P's coordinates
     omegas: list[torch.Tensor] = []  # probe and product blocks, in P's coordinates
     ys: list[torch.Tensor] = []
     y_scale, probes, index, failed = 0.0, 0, 0, []
@@ -443,7 +446,7 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
     while True:
         # grow Q until a block leaves at least `spare` of its probes without a new direction
         while True:
-            omega = _probe_block(n, block, seed, index, dtype)
+            omega = _probe_block(n, block, seed, index, dtype, theta.device)
             index += 1
             added = add(omega, take(omega), check=not omegas)
             if added is None:
@@ -454,8 +457,9 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
                 break
         r = q.shape[1]
         if r == 0:
-            lam = torch.zeros(0, dtype=dtype)
-            return Spectrum(lam, torch.zeros(n, 0, dtype=dtype), n, 0.0 if atol is None else atol, "lowrank",
+            lam = torch.zeros(0, dtype=dtype, device=theta.device)
+            return Spectrum(lam, torch.zeros(n, 0, dtype=dtype, device=theta.device), n,
+                            0.0 if atol is None else atol, "lowrank",
                             {"probes": probes, "range_dim": 0, "fallback": False})
         if single_pass:  # Q^T Y = M Q^T Omega: K >= r + spare equations for each column of M
             qo = torch.cat([q.T @ o for o in omegas], dim=1)
@@ -469,7 +473,7 @@ def lowrank_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
                 "subspace_dim": None if subspace is None else subspace.dim}
         if not single_pass:
             return Spectrum(lam, vecs, n, _tolerance(lam, rtol, atol), "lowrank", info)
-        omega = _probe_block(n, check_probes, seed, (1 << 20) + len(failed), dtype)
+        omega = _probe_block(n, check_probes, seed, (1 << 20) + len(failed), dtype, theta.device)
         y = take(omega)
         resid = (y - vecs @ (lam[:, None] * (vecs.T @ omega))).norm(dim=0) / omega.norm(dim=0)
         h_norm = float(lam.abs().max())

@@ -282,7 +282,7 @@ class BatchSampler:
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, self.n])
                                                     .generate_state(1)[0]))
-            self._perm = torch.randperm(self.n, generator=gen)
+            self._perm = torch.randperm(self.n, generator=gen, device=gen.device)  # on the CPU, whatever the run's
             self._epoch = epoch
         assert self._perm is not None
         return self._perm

@@ -271,3 +271,29 @@ def simulate_linear_plus_walk(T: int, D: int, sigma: float, alpha: float, walks:
         theta2 -= lr * (sigma * rng.standard_normal((walks, D)))
         out[:, t] = np.linalg.norm(theta1 - theta2, axis=1)
     return out
+
+
+def fit_distance_curve_se(t, distances, eps: float):
+    """Fit Theorem A.10's d(t)^2 = eps^2 + a t + b t^2 to the mean squared distance of many simulated pairs
+    (``distances`` (walks, T), columns t) with :func:`chaosnb.distance.fit_distance_curve` applied to the
+    RMS distance, plus standard errors of (a, b): the least-squares fit is linear in the data, so the fit to
+    the mean is the mean of the per-walk fits and its standard error is their std / sqrt(walks).
+    Returns (DistanceFit, se_a, se_b)."""
+    d = np.asarray(distances, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    fit = fit_distance_curve(t, np.sqrt(np.mean(d**2, axis=0)), eps)
+    design = np.stack([t, t**2], axis=1)
+    coef, *_ = np.linalg.lstsq(design, (d**2 - eps**2).T, rcond=None)  # (2, walks)
+    se = coef.std(axis=1, ddof=1) / np.sqrt(d.shape[0])
+    return fit, float(se[0]), float(se[1])
+
+
+def distance_moments(distances) -> dict:
+    """Per-column Monte Carlo summaries of simulated distances (samples, T): ``mean`` and its standard error
+    ``mean_se``; ``rms`` = sqrt(mean d^2) and its standard error ``rms_se`` (delta method: se(mean d^2) / (2 rms))."""
+    d = np.asarray(distances, dtype=np.float64)
+    n = d.shape[0]
+    sq = d**2
+    rms = np.sqrt(sq.mean(axis=0))
+    return {"mean": d.mean(axis=0), "mean_se": d.std(axis=0, ddof=1) / np.sqrt(n), "rms": rms,
+            "rms_se": sq.std(axis=0, ddof=1) / np.sqrt(n) / (2.0 * rms)}

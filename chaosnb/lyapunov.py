@@ -56,7 +56,8 @@ def local_lyapunov_exponents(eigenvalues: torch.Tensor | np.ndarray | Sequence[f
     -inf, the first of the two conventions the appendix allows. Positive entries are locally chaotic
     directions: lambda < 0 or lambda > 2/lr. Zero eigenvalues give exactly 0 (edge-chaotic).
     """
-    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64,
+                          device=eigenvalues.device if isinstance(eigenvalues, torch.Tensor) else None)
     return torch.log(torch.abs(1.0 - lr * lam))
 
 
@@ -133,8 +134,9 @@ def _pair(h: Spectrum | tuple[torch.Tensor, torch.Tensor], n: int | None
         lam, vecs = h
     else:
         raise TypeError("h must be a dense (N, N) tensor, a Spectrum or an (eigenvalues, eigenvectors) pair")
-    lam = torch.as_tensor(lam).detach().to(torch.float64).reshape(-1)
-    vecs = torch.as_tensor(vecs).detach().to(torch.float64)
+    # tensors keep their device (torch.as_tensor would move them to torch's default device)
+    lam = (lam if isinstance(lam, torch.Tensor) else torch.as_tensor(lam)).detach().to(torch.float64).reshape(-1)
+    vecs = (vecs if isinstance(vecs, torch.Tensor) else torch.as_tensor(vecs)).detach().to(torch.float64)
     if vecs.ndim != 2 or vecs.shape[1] != lam.numel() or (n is not None and vecs.shape[0] != n):
         raise ValueError(f"eigenvectors must have shape ({n or 'N'}, {lam.numel()}), got {tuple(vecs.shape)}")
     return lam, vecs
@@ -649,7 +651,7 @@ def finite_time_exponents(y: torch.Tensor, t: int, log_scale: float = 0.0, tol: 
     """
     if t <= 0:
         raise ValueError("finite-time exponents need t >= 1 steps")
-    y = torch.as_tensor(y).detach().to(torch.float64)
+    y = (y if isinstance(y, torch.Tensor) else torch.as_tensor(y)).detach().to(torch.float64)
     if y.ndim != 2:
         raise ValueError("y must be a matrix")
     if not bool(torch.isfinite(y).all()):
@@ -714,7 +716,7 @@ def _structured_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyap
     a.diagonal().sub_(1.0)  # A = Y_t - I
     width = min(tangent_map.update_rank + STRUCTURED_OVERSAMPLING, n)
     gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
-    omega = torch.randn(n, 2 * width, generator=gen, dtype=torch.float64).to(a.device)
+    omega = torch.randn(n, 2 * width, generator=gen, dtype=torch.float64, device=gen.device).to(a.device)
     probes = torch.cat([a @ omega[:, :width], a.T @ omega[:, width:]], dim=1)
     del omega
     u, sc, _ = torch.linalg.svd(probes, full_matrices=False)
@@ -876,7 +878,8 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     # minimal eigenvector: block inverse iteration with Rayleigh-Ritz (rate lambda_1 / lambda_p+1)
     chol = torch.linalg.cholesky(gram)
     gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
-    x = torch.linalg.qr(torch.randn(n, min(16, n), generator=gen, dtype=torch.float64).to(gram.device))[0]
+    x = torch.randn(n, min(16, n), generator=gen, dtype=torch.float64, device=gen.device)
+    x = torch.linalg.qr(x.to(gram.device))[0]
     for _ in range(100):
         x = torch.linalg.qr(torch.cholesky_solve(x, chol))[0]
         theta, rv = torch.linalg.eigh(x.T @ gram @ x)

@@ -32,9 +32,10 @@ def _values(eigenvalues: torch.Tensor | None, exponents: torch.Tensor | None) ->
     if (eigenvalues is None) == (exponents is None):
         raise ValueError("give exactly one of eigenvalues= (of L_T, chaotic iff > 1) or exponents= "
                          "(finite-time Lyapunov exponents, chaotic iff > 0)")
-    if eigenvalues is not None:
-        return torch.as_tensor(eigenvalues), 1.0
-    return torch.as_tensor(exponents), 0.0
+    values = eigenvalues if eigenvalues is not None else exponents
+    # a tensor keeps its device (torch.as_tensor would move it to torch's default device)
+    return (values if isinstance(values, torch.Tensor) else torch.as_tensor(values)), (
+        1.0 if eigenvalues is not None else 0.0)
 
 
 def chaotic_mask(eigenvalues: torch.Tensor | None = None, *, exponents: torch.Tensor | None = None,
@@ -53,7 +54,8 @@ def _unit(d: torch.Tensor) -> torch.Tensor:
 
 def _gaussian(n: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
     # Drawn in float64 so a seed gives the same direction whatever the working dtype.
-    return torch.randn(n, generator=generator, dtype=torch.float64).to(dtype)
+    return torch.randn(n, generator=generator, dtype=torch.float64,
+                       device=generator.device if generator is not None else None).to(dtype)
 
 
 def perturbation_direction(strategy: str, eigenvalues: torch.Tensor | None = None,

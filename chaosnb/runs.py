@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from chaosnb import __version__
-from chaosnb.config import RunConfig
+from chaosnb.config import RunConfig, check_device_available
 from chaosnb.data import DatasetNotFoundError, dataset_fingerprint, load_dataset
 from chaosnb.perturb import STRATEGIES
 from chaosnb.train import RunResult, Training
@@ -163,7 +164,8 @@ def verify_result(directory: Path) -> tuple[RunResult | None, str]:
             if _sha256(directory / name) != done["sha256"][name]:
                 return None, "corrupt"
         recorded = json.loads((directory / "config.json").read_text())
-        config = RunConfig.from_dict(recorded["config"])
+        # records written before ``device`` existed are CPU runs (whatever $CHAOSNB_DEVICE says now)
+        config = RunConfig.from_dict({"device": "cpu", **recorded["config"]})
         if config.run_hash() != directory.name:  # config.json altered: the numbers are not this config's
             return None, "corrupt"
         now = current_data_fingerprint(config.dataset)
@@ -234,6 +236,36 @@ def run_threads(threads: int = RUN_THREADS):
         torch.set_num_threads(old)
 
 
+def device_info(device: str) -> dict:
+    """Where a run computes, for its config.json: the device's name, torch's version and the CUDA
+    version torch was built with (None on a CPU-only build)."""
+    info = {"type": device, "torch_version": torch.__version__, "cuda_version": torch.version.cuda}
+    if device == "cuda":
+        index = torch.cuda.current_device()
+        info.update(name=torch.cuda.get_device_name(index), capability=list(torch.cuda.get_device_capability(index)),
+                    cudnn_version=torch.backends.cudnn.version())
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+@contextlib.contextmanager
+def device_settings(device: str):
+    """On a GPU: no TF32 (cuDNN convolutions default to it, ~1e-3 relative error) and deterministic kernels
+    (cuDNN autotuning off), restored afterwards; nothing changes on the CPU."""
+    if device != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark)
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark = old
+
+
 def _checkpoint_seconds() -> float:
     value = os.environ.get(CHECKPOINT_SECONDS_ENV)
     return float(value) if value else DEFAULT_CHECKPOINT_SECONDS
@@ -259,12 +291,12 @@ def _resume(training: Training, checkpoint: Path, config: RunConfig, fingerprint
 
 def _compute(config: RunConfig, directory: Path, root: Path | None, checkpoint_every: int,
              progress: bool | None, stop_after: int | None = None) -> RunResult | None:
-    with run_threads():
+    with run_threads(), device_settings(config.device):
         fingerprint = load_dataset(config.dataset).fingerprint
         atomic_write_json(directory / "config.json", {
             "config": config.to_dict(), "hash": config.run_hash(), "seed": config.seed, "label": config.label(),
             "data_fingerprint": fingerprint, "chaosnb_version": __version__, "torch_version": torch.__version__,
-            "torch_threads": torch.get_num_threads()})
+            "torch_threads": torch.get_num_threads(), "device": device_info(config.device)})
         directions = _stage1_directions(config, root, progress) if config.is_perturbation else None
         training = Training(config, directions)
         checkpoint = directory / "checkpoint.pt"
@@ -328,6 +360,7 @@ def get(config: RunConfig, root: Path | None = None, *, checkpoint_every: int = 
         if cached is not None:
             return cached
     load_dataset(config.dataset)  # a missing or damaged dataset fails here, before the store is touched
+    check_device_available(config.device)  # --device cuda without a GPU: ConfigError, before the store is touched
     ensure_writable(directory.parent)
     with _locked(directory.parent / f".{directory.name}.lock"):
         if not recompute:

@@ -102,3 +102,30 @@ def sgd_path(start: tuple[float, float] = (math.pi - 0.05, 0.05), lr: float = 0.
         share = np.where(total > 0, (g2 * neg).sum(axis=1) / total, np.nan)
     return ToyPath(pos, toy_loss(x, y), grads, ev, neg.mean(axis=1), share,
                    np.asarray(curvature_region(x, y)), np.asarray(curvature_stage(x, y)))
+
+
+def toy_phase_steps(path, high: float = 0.9, low: float = 0.1) -> dict:
+    """Figure B.3.1's order of events along a :class:`chaosnb.toy.ToyPath`, from its arrays:
+
+    * ``negative_first``: first step where the x-curvature is negative and >= ``high`` of ||g||^2 lies in
+      negative-curvature directions (stage 1);
+    * ``positive``: first later step where the x-curvature is positive and <= ``low`` of ||g||^2 lies in
+      negative-curvature directions (the gradient lives in positive curvature, stage 3);
+    * ``negative_again``: first step after that in stage 4 (near the x-minimum) with >= ``high`` of ||g||^2
+      in negative curvature again (the y-direction has taken over).
+
+    Values are step indices or None; ``ordered`` is True when all three exist (in this order by construction).
+    """
+    share = np.asarray(path.negative_gradient_share, dtype=np.float64)
+    ev_x = np.asarray(path.eigenvalues)[:, 0]
+    stages = np.asarray(path.stages)
+
+    def first(mask, after):
+        idx = np.nonzero(mask & (np.arange(mask.size) > after))[0]
+        return int(idx[0]) if idx.size else None
+
+    s1 = first((ev_x < 0) & (share >= high), -1)
+    s3 = first((ev_x > 0) & (share <= low), s1) if s1 is not None else None
+    s4 = first((stages == 4) & (share >= high), s3) if s3 is not None else None
+    return {"negative_first": s1, "positive": s3, "negative_again": s4,
+            "ordered": s1 is not None and s3 is not None and s4 is not None}

@@ -9,6 +9,7 @@ The results store (:mod:`chaosnb.runs`) is the only place that writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from torch.func import grad_and_value
 from chaosnb.cgd import CGD
 from chaosnb.config import RunConfig
 from chaosnb.curvature import HessianDiverged, Spectrum, minibatch_spectrum
-from chaosnb.data import load_dataset, sampler_for
+from chaosnb.data import Dataset, load_dataset, sampler_for
 from chaosnb.lyapunov import TangentMap, max_local_exponent
 from chaosnb.models import make_flat_model
 from chaosnb.perturb import STRATEGIES, perturbation_direction, strategy_seed
@@ -107,14 +108,25 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """The dataset's tensors on ``device`` (the same object on the CPU: no copy)."""
+    if device.type == "cpu":
+        return dataset
+    return dataclasses.replace(dataset, **{name: getattr(dataset, name).to(device)
+                                           for name in ("train_x", "train_y", "test_x", "test_y")})
+
+
 class Training:
     """The full, checkpointable state of one training run (single model, or the perturbation ensemble)."""
 
     def __init__(self, config: RunConfig, directions: dict[str, np.ndarray] | None = None):
         self.config = config
-        self.dataset = load_dataset(config.dataset)
-        self.sampler = sampler_for(self.dataset, config.batch_size, config.seed)
+        self.device = torch.device(config.device)
+        self.dataset = _on_device(load_dataset(config.dataset), self.device)
+        self.sampler = sampler_for(self.dataset, config.batch_size, config.seed)  # its RNG stays on the CPU
         self.flat, theta0 = make_flat_model(config.model, config.activation, config.seed, _dtype(config.dtype))
+        self.flat.module.to(self.device)  # initialised on the CPU (same draws everywhere), then moved
+        theta0 = theta0.to(self.device)
         self.recorder = Recorder()
         self.step = 0
         self.status = "running"
@@ -127,7 +139,8 @@ class Training:
             if directions is None:
                 raise ValueError("a perturbation run needs the stage-1 directions")
             names = ["unperturbed", *config.perturb_strategies]
-            thetas = [theta0] + [theta0 + config.perturb_eps * torch.as_tensor(directions[s], dtype=theta0.dtype)
+            thetas = [theta0] + [theta0 + config.perturb_eps * torch.as_tensor(directions[s], dtype=theta0.dtype,
+                                                                                device=self.device)
                                  for s in config.perturb_strategies]
             self.model_names = names
         else:
@@ -135,7 +148,7 @@ class Training:
             self.model_names = ["model"]
         self.params = [torch.nn.Parameter(t.clone()) for t in thetas]
         self.optimizers = [self._optimizer(p) for p in self.params]
-        self.tangent = (TangentMap(self.flat.num_params, config.lr, config.momentum)
+        self.tangent = (TangentMap(self.flat.num_params, config.lr, config.momentum, device=self.device)
                         if config.uses_tangent_map else None)
         self._value_and_grad = grad_and_value(self._loss_and_logits, has_aux=True)
 
@@ -155,15 +168,19 @@ class Training:
         c = self.config
         return minibatch_spectrum(self.flat, theta, x, y, method=c.spectrum_method, rtol=c.spectrum_rtol)
 
+    def _record_models(self, name: str, step: int, values: list[float]) -> None:
+        """One value per model: a scalar column for a single model, a vector column for an ensemble (padded with
+        NaN for the models a diverged step did not reach)."""
+        if len(self.params) == 1:
+            self.recorder.add(name, step, values[0])
+        else:
+            self.recorder.add(name, step, values + [math.nan] * (len(self.params) - len(values)))
+
     def _evaluate(self, step: int) -> None:
         ds = self.dataset
         results = [self.flat.evaluate(p.detach(), ds.test_x, ds.test_y) for p in self.params]
-        if len(results) == 1:
-            self.recorder.add("val_loss", step, results[0][0])
-            self.recorder.add("val_acc", step, results[0][1])
-        else:
-            self.recorder.add("val_loss", step, [r[0] for r in results])
-            self.recorder.add("val_acc", step, [r[1] for r in results])
+        self._record_models("val_loss", step, [r[0] for r in results])
+        self._record_models("val_acc", step, [r[1] for r in results])
 
     @property
     def finished(self) -> bool:
@@ -171,81 +188,98 @@ class Training:
 
     # ---------------------------------------------------------------- one step
     def advance(self) -> None:
-        """Take one training step (all models), recording what the configuration asks for."""
+        """Take one training step (all models), recording what the configuration asks for.
+
+        The loop itself: the step's batch, then each model's step (:meth:`_model_step`) with its per-step observers
+        (spectrum metrics, CGD's pruning count, the tangent map) for the first model, then the losses, then the
+        observers of the finished step (:meth:`_observe_step`: finite-time spectra, evaluation, distances). Any
+        non-finite quantity ends the run (:meth:`_diverge`)."""
         c, t = self.config, self.step
         start = time.perf_counter()
-        if t == 0 and c.eval_every:
-            self._evaluate(0)
-        if t == 0 and c.is_perturbation:
-            self._record_distances(0)
+        if t == 0:
+            self._observe_step(0)
         x, y = self.sampler.batch(self.dataset, t)
         x = x.to(self.params[0].dtype)
         losses, accs = [], []
         for index, (param, opt) in enumerate(zip(self.params, self.optimizers, strict=True)):
-            theta = param.detach()
-            g, (loss, logits) = self._value_and_grad(theta, x, y)
-            loss_value = float(loss)
-            losses.append(loss_value)
-            accs.append(float((logits.argmax(-1) == y).float().mean()))
-            if not math.isfinite(loss_value) or not bool(torch.isfinite(g).all()):
-                self._diverge(t, losses, accs, f"step {t}: non-finite loss or gradient")
+            failure = self._model_step(index, param, opt, x, y, t, losses, accs)
+            if failure is not None:
+                self._diverge(t, losses, accs, f"step {t}: {failure}")
                 return
-            try:
-                spec = self._spectrum(theta, x, y) if index == 0 and c.needs_spectrum(t) else None
-            except HessianDiverged as err:  # blown up: non-finite, astronomically large, or no solver converged
-                self._diverge(t, losses, accs, f"step {t}: {err}")
-                return
-            if spec is not None and c.spectrum_every and t % c.spectrum_every == 0:
-                for name, value in {**spectrum_metrics(spec, c.lr), **gradient_overlaps(g, spec)}.items():
-                    self.recorder.add(name, t, value)
-            param.grad = g.detach().clone()
-            if isinstance(opt, CGD):
-                opt.step(spectrum=spec if c.pruning_active(t) else None)
-                if opt.last_plan is not None:
-                    self.recorder.add("n_pruned", t, opt.last_plan.n_pruned)
-            else:
-                opt.step()
-            if self.tangent is not None and index == 0:
-                plan = getattr(opt, "last_plan", None)
-                effective = plan.effective_hessian() if plan is not None else spec
-                try:
-                    self.tangent.step(effective)
-                except FloatingPointError as err:
-                    self._diverge(t, losses, accs, f"step {t}: {err}")
-                    return
-                self.recorder.add("lle_max_step", t, max_local_exponent(effective, c.lr))
-            if not bool(torch.isfinite(param.detach()).all()):
-                self._diverge(t, losses, accs, f"step {t}: non-finite parameters after the update")
-                return
-        if len(losses) == 1:
-            self.recorder.add("train_loss", t, losses[0])
-            self.recorder.add("train_acc", t, accs[0])
-        else:
-            self.recorder.add("train_loss", t, losses)
-            self.recorder.add("train_acc", t, accs)
+        self._record_models("train_loss", t, losses)
+        self._record_models("train_acc", t, accs)
         self.step = t + 1
-        done = self.step
+        self._observe_step(self.step)
+        self.wall_time += time.perf_counter() - start
+        if self.step >= c.steps:
+            self._finish()
+
+    def _model_step(self, index: int, param: torch.nn.Parameter, opt: torch.optim.Optimizer, x: torch.Tensor,
+                    y: torch.Tensor, t: int, losses: list[float], accs: list[float]) -> str | None:
+        """Loss, gradient, spectrum (first model, when needed) and the optimiser step of one model at step t; the
+        loss and accuracy are appended to ``losses`` / ``accs``. Returns why the run diverged, else None."""
+        c = self.config
+        theta = param.detach()
+        g, (loss, logits) = self._value_and_grad(theta, x, y)
+        loss_value = float(loss)
+        losses.append(loss_value)
+        accs.append(float((logits.argmax(-1) == y).float().mean()))
+        if not math.isfinite(loss_value) or not bool(torch.isfinite(g).all()):
+            return "non-finite loss or gradient"
+        try:
+            spec = self._spectrum(theta, x, y) if index == 0 and c.needs_spectrum(t) else None
+        except HessianDiverged as err:  # blown up: non-finite, astronomically large, or no solver converged
+            return str(err)
+        if spec is not None:
+            self._observe_spectrum(t, spec, g)
+        param.grad = g.detach().clone()
+        if isinstance(opt, CGD):
+            opt.step(spectrum=spec if c.pruning_active(t) else None)
+            if opt.last_plan is not None:
+                self.recorder.add("n_pruned", t, opt.last_plan.n_pruned)
+        else:
+            opt.step()
+        if self.tangent is not None and index == 0:
+            try:
+                self._observe_tangent(t, opt, spec)
+            except FloatingPointError as err:
+                return str(err)
+        if not bool(torch.isfinite(param.detach()).all()):
+            return "non-finite parameters after the update"
+        return None
+
+    def _observe_spectrum(self, t: int, spec: Spectrum, g: torch.Tensor) -> None:
+        """Spectrum observer: counts, extremes and gradient overlaps at the steps ``spectrum_every`` asks for."""
+        c = self.config
+        if c.spectrum_every and t % c.spectrum_every == 0:
+            for name, value in {**spectrum_metrics(spec, c.lr), **gradient_overlaps(g, spec)}.items():
+                self.recorder.add(name, t, value)
+
+    def _observe_tangent(self, t: int, opt: torch.optim.Optimizer, spec: Spectrum | None) -> None:
+        """Tangent-map observer: Y <- J_t Y with the step's effective Hessian (CGD's P H when it pruned, else H)
+        and the step's maximal local exponent (Theorem A.6). Raises FloatingPointError when Y blows up."""
+        plan = getattr(opt, "last_plan", None)
+        effective = plan.effective_hessian() if plan is not None else spec
+        self.tangent.step(effective)
+        self.recorder.add("lle_max_step", t, max_local_exponent(effective, self.config.lr))
+
+    def _observe_step(self, done: int) -> None:
+        """Observers of the state after ``done`` steps (0: the initial state): finite-time spectra, evaluation,
+        distances between the ensemble's models."""
+        c = self.config
         if self.tangent is not None and done in c.tangent_steps:
             self._record_lyapunov(done)
         if c.eval_every and done % c.eval_every == 0:
             self._evaluate(done)
         if c.is_perturbation and done % c.distance_every == 0:
             self._record_distances(done)
-        self.wall_time += time.perf_counter() - start
-        if self.step >= c.steps:
-            self._finish()
 
     def _diverge(self, t: int, losses, accs, reason: str) -> None:
         """A non-finite loss, gradient, parameter or tangent map, or a Hessian that cannot be eigendecomposed,
         ends the run cleanly at step t (the appendix's crashed runs); ``reason`` is kept in the result."""
         self.status, self.diverged_at, self.diverged_reason = "diverged", t, reason
-        pad = [math.nan] * (len(self.params) - len(losses))
-        if len(self.params) == 1:
-            self.recorder.add("train_loss", t, losses[0])
-            self.recorder.add("train_acc", t, accs[0])
-        else:
-            self.recorder.add("train_loss", t, losses + pad)
-            self.recorder.add("train_acc", t, accs + pad)
+        self._record_models("train_loss", t, losses)
+        self._record_models("train_acc", t, accs)
 
     def _record_distances(self, step: int) -> None:
         base = self.params[0].detach()
@@ -269,7 +303,7 @@ class Training:
         if done in c.snapshot_steps:
             self.snapshots[done] = chaotic.to(torch.float32).clone()
         if done == c.steps:
-            self.arrays["ftle_exponents"] = ftle.exponents.numpy()
+            self.arrays["ftle_exponents"] = ftle.exponents.cpu().numpy()
             directions = []
             for name in STRATEGIES:
                 gen = torch.Generator().manual_seed(strategy_seed(c.seed, name))
@@ -277,8 +311,8 @@ class Training:
                     d = perturbation_direction(name, exponents=ftle.decision_exponents, eigenvectors=ftle.vectors,
                                                generator=gen, tol=c.lyapunov_tol)
                 except ValueError:  # empty chaotic or non-chaotic subspace
-                    d = torch.full((self.flat.num_params,), math.nan, dtype=torch.float64)
-                directions.append(d.numpy())
+                    d = torch.full((self.flat.num_params,), math.nan, dtype=torch.float64, device=self.device)
+                directions.append(d.cpu().numpy())
             self.arrays["directions"] = np.stack(directions)
 
     def _finish(self) -> None:
@@ -309,7 +343,7 @@ class Training:
 
     def result(self) -> RunResult:
         arrays = dict(self.arrays)
-        arrays["final_theta"] = np.stack([p.detach().double().numpy() for p in self.params])
+        arrays["final_theta"] = np.stack([p.detach().double().cpu().numpy() for p in self.params])
         meta = {"models": self.model_names}
         if self.diverged_reason:
             meta["diverged_reason"] = self.diverged_reason

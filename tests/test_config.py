@@ -52,6 +52,7 @@ ALTERNATIVES = {
     "perturb_eps": (BASE_PERTURB, 0.2),
     "perturb_strategies": (BASE_PERTURB, ("random", "chaotic")),
     "distance_every": (BASE, 2),
+    "device": (BASE, "cuda"),  # "cpu" is left out of the hash (tests/test_device.py)
 }
 
 

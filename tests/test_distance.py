@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from chaosnb.distance import (
+    distance_moments,
     expected_init_distance,
     expected_sq_init_distance,
     expected_sq_init_distance_module,
     fit_distance_curve,
+    fit_distance_curve_se,
     linear_plus_walk_coefficients,
     monte_carlo_init_distance,
     paper_a8_formula,
@@ -135,3 +137,21 @@ def test_linear_plus_walk_lr_scaling():
     d0 = simulate_linear_plus_walk(T, D, sigma, 0.0, walks=400, seed=3, lr=lr)
     expected = lr * random_walk_expected_distance(T, D, sigma)
     assert np.sqrt(np.mean(d0[:, -1] ** 2)) == pytest.approx(expected, rel=0.03)
+
+
+def test_distance_moments():
+    d = np.array([[1.0, 2.0], [3.0, 2.0]])
+    m = distance_moments(d)
+    np.testing.assert_allclose(m["mean"], [2.0, 2.0])
+    np.testing.assert_allclose(m["rms"], [math.sqrt(5.0), 2.0])
+    np.testing.assert_allclose(m["mean_se"], [math.sqrt(2.0) / math.sqrt(2.0), 0.0])
+    assert m["rms_se"][1] == 0.0
+
+
+def test_fit_distance_curve_se_recovers_coefficients():
+    t = np.arange(1, 101)
+    d = simulate_linear_plus_walk(100, 20, 0.1, 0.05, walks=400, seed=1, eps=0.1)
+    fit, se_a, se_b = fit_distance_curve_se(t, d, 0.1)
+    a, b = linear_plus_walk_coefficients(20, 0.1, 0.05)
+    assert se_a > 0 and se_b > 0
+    assert abs(fit.a - a) < 5 * se_a and abs(fit.b - b) < 5 * se_b

@@ -14,6 +14,7 @@ from chaosnb.toy import (
     toy_gradient,
     toy_hessian_eigenvalues,
     toy_loss,
+    toy_phase_steps,
 )
 
 POINTS = [(0.0, 0.0), (0.3, -1.2), (math.pi / 2, 0.7), (2.5, 2.0), (math.pi - 0.05, 0.05), (-4.0, 3.3)]
@@ -82,3 +83,12 @@ def test_negative_curvature_precedes_positive_then_y_takes_over(noise_std):
     assert path.stages[-1] == 4 and path.negative_gradient_share[-1] > 0.99
     assert abs(path.positions[-1, 1]) > 10 * abs(path.positions[0, 1])
     assert list(dict.fromkeys(path.stages.tolist())) in ([1, 2, 3, 4], [1, 3, 4])
+
+
+def test_toy_phase_steps():
+    ph = toy_phase_steps(sgd_path(lr=0.1, steps=300, noise_std=0.1, seed=0))
+    assert ph["ordered"]
+    assert 0 <= ph["negative_first"] < ph["positive"] < ph["negative_again"]
+    # a path started at the minimum in x with y = 0 never sees the first two phases in order
+    flat_start = toy_phase_steps(sgd_path(start=(0.5, 0.0), lr=0.1, steps=50))
+    assert not flat_start["ordered"]

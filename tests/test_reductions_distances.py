@@ -1,4 +1,4 @@
-"""Tests of the reductions appended to chaosnb.analysis for book/c3_distances.md, c4_eps.md and c5_bounds.md."""
+"""Run reductions of chaosnb.analysis for perturbation ensembles: distances, growth, accuracy gaps, bound coverage."""
 
 from __future__ import annotations
 

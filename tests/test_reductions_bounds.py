@@ -1,4 +1,4 @@
-"""Tests of the reductions appended to chaosnb.analysis for book/b2_eigenspaces.md and book/main_figures.md."""
+"""Run reductions of chaosnb.analysis: the Lyapunov distance bounds of a stage-1 run (Figure 3, C.5.1)."""
 
 from __future__ import annotations
 

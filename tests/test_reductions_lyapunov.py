@@ -1,4 +1,4 @@
-"""Tests of the reductions appended to chaosnb.analysis for book/c1_lyapunov.md and book/c2_subspace.md."""
+"""Run reductions of chaosnb.analysis for tangent-map runs: finite-time exponents, the A.6 bound, subspace overlaps."""
 
 from __future__ import annotations
 
