@@ -58,11 +58,12 @@ def piecewise_linear_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torc
     n = theta.numel()
     blocks = layer_blocks(flat)
     start, size = max(blocks, key=lambda b: b[1])
-    others = torch.cat([torch.arange(0, start), torch.arange(start + size, n)])
+    dev = theta.device
+    others = torch.cat([torch.arange(0, start, device=dev), torch.arange(start + size, n, device=dev)])
     loss = flat.loss_fn(x, y)
     _, hvp = vjp(grad(loss), theta)
-    basis = torch.zeros(len(others), n, dtype=theta.dtype)
-    basis[torch.arange(len(others)), others] = 1.0
+    basis = torch.zeros(len(others), n, dtype=theta.dtype, device=dev)
+    basis[torch.arange(len(others), device=dev), others] = 1.0
     (columns,) = vmap(hvp)(basis) if len(others) else (basis,)  # rows H[others, :]
 
     def logits_in_block(part: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ def piecewise_linear_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torc
     p = torch.softmax(flat.forward(theta, x), dim=-1)  # (B, C)
     batch = x.shape[0]
     aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / batch
-    h = torch.empty(n, n, dtype=theta.dtype)
+    h = torch.empty(n, n, dtype=theta.dtype, device=dev)
     h[others] = columns
     h[:, others] = columns.T
     h[start:start + size, start:start + size] = torch.einsum("bcn,bcm->nm", jac, aj)

@@ -24,6 +24,7 @@ SGD = RunConfig(steps=4, spectrum_every=1, tangent_steps=(2, 4), snapshot_steps=
 CGD_NOISY = RunConfig(optimizer="cgd", prune_set="neg", prune_k=20, prune_select="rand", prune_noise_std=0.01,
                       lr=0.05, momentum=0.5, steps=3, tangent_steps=(3,))
 PERTURBED = RunConfig(steps=3, lr=0.05, perturb_eps=1e-3, perturb_strategies=("chaotic", "random"), eval_every=3)
+CNN_DENSE = RunConfig(model="cnn", spectrum_method="dense", optimizer="cgd", lr=0.03, steps=2, tangent_steps=(2,))
 
 
 def _run(config: RunConfig, directions=None, default_device: str | None = None):
@@ -74,7 +75,8 @@ def test_cpu_device_keeps_hashes_and_is_the_default(monkeypatch):
         RunConfig(device="cuda:1")
 
 
-@pytest.mark.parametrize("config", [SGD, CGD_NOISY, PERTURBED], ids=["sgd-tangent", "cgd-noise-momentum", "perturb"])
+@pytest.mark.parametrize("config", [SGD, CGD_NOISY, PERTURBED, CNN_DENSE],
+                         ids=["sgd-tangent", "cgd-noise-momentum", "perturb", "cnn-dense-piecewise-linear"])
 def test_every_tensor_of_a_run_follows_its_device(config, data_root):
     """With torch's default device set to "meta" during the steps, any tensor made without the run's device (or a
     CPU generator's) would be a meta tensor and the run would fail or change; it gives the same bytes as usual."""
