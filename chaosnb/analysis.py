@@ -6,25 +6,7 @@ import math
 
 import numpy as np
 
-from chaosnb.distance import distance_moments, fit_distance_curve_se  # noqa: F401 - see below
-from chaosnb.reference import (  # noqa: F401 - see below
-    matrix_log_series,
-    momentum_tangent_explicit_sum,
-    momentum_unrolled_trajectory,
-    pruned_step_jacobian,
-    random_batches,
-    restricted_log_lyapunov_matrix,
-    scalar_momentum_exponents,
-    tangent_map_along,
-    torch_sgd_trajectory,
-    unrolled_sgd_jacobian,
-)
-from chaosnb.toy import toy_phase_steps  # noqa: F401 - see below
 from chaosnb.train import RunResult
-
-# The names imported above from chaosnb.reference, chaosnb.distance and chaosnb.toy lived here until the layout
-# of issue 11 item 7; they stay importable from this module until the book pages' "computed by" lines and
-# book/a_proofs.md's ``an.`` calls name their new modules.
 
 
 def tail_mean(result: RunResult, metric: str, window: int, column: int | None = None) -> float:
