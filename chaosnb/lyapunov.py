@@ -834,9 +834,9 @@ GRAM_BLOCKS = 8
 def _gram_lower(ys: torch.Tensor, blocks: int = GRAM_BLOCKS) -> torch.Tensor:
     """L = Y^T Y, lower triangle only (what ``eigh``/``eigvalsh`` read, UPLO='L'), the syrk of BLAS done as
     ``blocks`` block rows L[i0:i1, :i1] = Y[:, i0:i1]^T Y[:, :i1]: ~(blocks + 1) / (2 blocks) of the flops of
-    the full product. Entries above the diagonal blocks are left uninitialised (use ``.tril()``)."""
+    the full product. Entries above the diagonal blocks are zero (use ``.tril()`` for the lower triangle)."""
     n = ys.shape[1]
-    gram = torch.empty(n, n, dtype=ys.dtype, device=ys.device)
+    gram = torch.zeros(n, n, dtype=ys.dtype, device=ys.device)
     edges = [round(n * i / blocks) for i in range(blocks + 1)]
     for i0, i1 in zip(edges[:-1], edges[1:], strict=True):
         if i1 > i0:
