@@ -100,12 +100,13 @@ def target3(n: int, rank: int, lr: float, repeats: int, seed: int) -> dict:
     return out
 
 
-def mlp_tangent_map(steps: int, seed: int, lr: float = 1e-3, momentum: float = 0.0) -> TangentMap:
-    """The engine's tangent map after ``steps`` steps of the USPS MLP (batch 8, low-rank spectra)."""
+def mlp_tangent_map(steps: int, seed: int, lr: float = 1e-3, momentum: float = 0.0, model: str = "mlp"
+                    ) -> TangentMap:
+    """The engine's tangent map after ``steps`` steps of the USPS MLP (or ``model``; batch 8, low-rank spectra)."""
     from chaosnb.config import RunConfig
     from chaosnb.train import Training
 
-    config = RunConfig(dataset="usps", model="mlp", batch_size=8, steps=steps + 1, seed=seed, lr=lr,
+    config = RunConfig(dataset="usps", model=model, batch_size=8, steps=steps + 1, seed=seed, lr=lr,
                        momentum=momentum, spectrum_method="lowrank", tangent_steps=(steps + 1,))
     training = Training(config)
     for _ in range(steps):
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the target-4 MLP run")
     parser.add_argument("--momentum", type=float, default=0.0, help="momentum of the target-4 MLP run")
+    parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"), help="model of the target-4 run")
     parser.add_argument("--skip3", action="store_true", help="target 4 only")
     parser.add_argument("--skip4", action="store_true", help="target 3 only")
     parser.add_argument("--data", default=None, help="dataset root (default $CHAOSNB_DATA or ../shared/data)")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{tm.reorthonormalisations} re-orthonormalisations, from {args.map_cache})", flush=True)
                 if tm is None:
                     start = time.perf_counter()
-                    tm = mlp_tangent_map(args.steps, args.seed, args.lr, args.momentum)
+                    tm = mlp_tangent_map(args.steps, args.seed, args.lr, args.momentum, args.model)
                     print(f"  (built the MLP tangent map: {args.steps} steps in {time.perf_counter() - start:.0f} s)",
                           flush=True)
                     if args.map_cache:
