@@ -900,7 +900,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
         del ys
     limit = max(16, n // GRAM_LANCZOS_FRACTION)
     # Many chaotic directions (exponent > tol - a margin, i.e. lambda > e^(2 t tol - 2 shift) (1 - 1e-6), counted
-    # by inertia at a sixth of an eigh's cost): values and vectors from ONE eigh instead of eigvalsh + eigh.
+    # by inertia, one N^3/3 LDL^T): values and vectors from ONE eigh instead of eigvalsh + eigh.
     # The count only picks the branch; the exponents and k below are computed the same way in both.
     c = math.exp(min(2.0 * t * tol - 2.0 * shift, 700.0)) * (1.0 - 1e-6)
     vectors = None
