@@ -100,13 +100,14 @@ def target3(n: int, rank: int, lr: float, repeats: int, seed: int) -> dict:
     return out
 
 
-def mlp_tangent_map(steps: int, seed: int) -> TangentMap:
-    """The engine's tangent map after ``steps`` steps of the USPS MLP (batch 8, lr 1e-3, low-rank spectra)."""
+def mlp_tangent_map(steps: int, seed: int, lr: float = 1e-3, momentum: float = 0.0, model: str = "mlp"
+                    ) -> TangentMap:
+    """The engine's tangent map after ``steps`` steps of the USPS MLP (or ``model``; batch 8, low-rank spectra)."""
     from chaosnb.config import RunConfig
     from chaosnb.train import Training
 
-    config = RunConfig(dataset="usps", model="mlp", batch_size=8, steps=steps + 1, seed=seed, lr=1e-3,
-                       spectrum_method="lowrank", tangent_steps=(steps + 1,))
+    config = RunConfig(dataset="usps", model=model, batch_size=8, steps=steps + 1, seed=seed, lr=lr,
+                       momentum=momentum, spectrum_method="lowrank", tangent_steps=(steps + 1,))
     training = Training(config)
     for _ in range(steps):
         training.advance()
@@ -115,11 +116,19 @@ def mlp_tangent_map(steps: int, seed: int) -> TangentMap:
     return training.tangent
 
 
+def timed_cpu(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call: the CPU time is steadier when other processes share
+    the cores (with one thread it is the work done plus what contention for caches and memory adds)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
 def target4(tm: TangentMap, tol: float) -> dict:
     box = {}
-    new_s = timed(lambda: box.update(new=tm.lyapunov(tol)))
-    print(f"  new path ({box['new'].method}): {new_s:.1f} s", flush=True)
-    old_s = timed(lambda: box.update(old=tm.lyapunov(tol, method="full")))
+    new_s, new_cpu = timed_cpu(lambda: box.update(new=tm.lyapunov(tol)))
+    print(f"  new path ({box['new'].method}): {new_s:.1f} s (CPU {new_cpu:.1f} s)", flush=True)
+    old_s, old_cpu = timed_cpu(lambda: box.update(old=tm.lyapunov(tol, method="full")))
     new, old = box["new"], box["old"]
     both = new.resolved & old.resolved
     diff = (new.exponents - old.exponents).abs()
@@ -129,6 +138,7 @@ def target4(tm: TangentMap, tol: float) -> dict:
     proj = float(torch.linalg.matrix_norm(p_new - p_old, ord=2)) if new.chaotic_dim or old.chaotic_dim else 0.0
     last_old = int(old.resolved.sum()) - 1
     out = {"t": tm.t, "method": new.method, "old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
+           "old_cpu_s": old_cpu, "new_cpu_s": new_cpu, "speedup_cpu": old_cpu / new_cpu,
            "chaotic_dim_new": new.chaotic_dim, "chaotic_dim_old": old.chaotic_dim,
            "certain_new": new.chaotic_dim_certain, "certain_old": old.chaotic_dim_certain,
            "unresolved_new": new.num_unresolved, "unresolved_old": old.num_unresolved,
@@ -153,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="MLP training steps before the target-4 spectrum")
     parser.add_argument("--tol", type=float, default=1e-12, help="tolerance (the engine's lyapunov_tol)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the target-4 MLP run")
+    parser.add_argument("--momentum", type=float, default=0.0, help="momentum of the target-4 MLP run")
+    parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"), help="model of the target-4 run")
+    parser.add_argument("--skip3", action="store_true", help="target 4 only")
     parser.add_argument("--skip4", action="store_true", help="target 3 only")
     parser.add_argument("--data", default=None, help="dataset root (default $CHAOSNB_DATA or ../shared/data)")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -170,29 +184,33 @@ def main(argv: list[str] | None = None) -> int:
         for threads in [int(x) for x in args.threads.split(",")]:
             torch.set_num_threads(threads)
             print(f"== threads {threads}, load {'/'.join(f'{v:.1f}' for v in os.getloadavg())} ==", flush=True)
-            r3 = target3(args.n, args.rank, 1e-3, args.repeats, args.seed)
-            print(f"target 3 step (N={r3['n']}, rank {r3['rank']}): floor {r3['floor_s']:.3f} s, old "
-                  f"{r3['old_s']:.3f} s ({r3['old_over_floor']:.2f}x floor), new {r3['new_s']:.3f} s "
-                  f"({r3['new_over_floor']:.2f}x floor) -> {'PASS' if r3['pass'] else 'FAIL'} (<= 1.3x); "
-                  f"re-orthonormalisation {r3['reorth_s']:.1f} s every ~{r3['steps_per_reorth']:.0f} steps = "
-                  f"{r3['reorth_per_step_s']:.3f} s/step amortised", flush=True)
-            row = {"threads": threads, "target3": r3}
+            row = {"threads": threads}
+            if not args.skip3:
+                r3 = target3(args.n, args.rank, 1e-3, args.repeats, args.seed)
+                row["target3"] = r3
+                print(f"target 3 step (N={r3['n']}, rank {r3['rank']}): floor {r3['floor_s']:.3f} s, old "
+                      f"{r3['old_s']:.3f} s ({r3['old_over_floor']:.2f}x floor), new {r3['new_s']:.3f} s "
+                      f"({r3['new_over_floor']:.2f}x floor) -> {'PASS' if r3['pass'] else 'FAIL'} (<= 1.3x); "
+                      f"re-orthonormalisation {r3['reorth_s']:.1f} s every ~{r3['steps_per_reorth']:.0f} steps = "
+                      f"{r3['reorth_per_step_s']:.3f} s/step amortised", flush=True)
             if not args.skip4:
                 if tm is None and args.map_cache and Path(args.map_cache).exists():
                     state = torch.load(args.map_cache)
                     tm = TangentMap(int(state["num_params"]), float(state["lr"]), float(state["momentum"]))
                     tm.load_state_dict(state)
-                    print(f"  (loaded the MLP tangent map at t={tm.t} from {args.map_cache})", flush=True)
+                    print(f"  (loaded the MLP tangent map at t={tm.t}, lr {tm.lr:g}, momentum {tm.momentum:g}, "
+                          f"{tm.reorthonormalisations} re-orthonormalisations, from {args.map_cache})", flush=True)
                 if tm is None:
                     start = time.perf_counter()
-                    tm = mlp_tangent_map(args.steps, args.seed)
+                    tm = mlp_tangent_map(args.steps, args.seed, args.lr, args.momentum, args.model)
                     print(f"  (built the MLP tangent map: {args.steps} steps in {time.perf_counter() - start:.0f} s)",
                           flush=True)
                     if args.map_cache:
                         torch.save(tm.state_dict(), args.map_cache)
                 r4 = target4(tm, args.tol)
                 print(f"target 4 spectrum (t={r4['t']}, {r4['method']}): old (full SVD) {r4['old_s']:.1f} s, new "
-                      f"{r4['new_s']:.1f} s -> {r4['speedup']:.1f}x; chaotic dim {r4['chaotic_dim_new']} vs "
+                      f"{r4['new_s']:.1f} s -> {r4['speedup']:.1f}x [CPU {r4['old_cpu_s']:.1f} / "
+                      f"{r4['new_cpu_s']:.1f} s = {r4['speedup_cpu']:.1f}x]; chaotic dim {r4['chaotic_dim_new']} vs "
                       f"{r4['chaotic_dim_old']} (certain {r4['certain_new']}/{r4['certain_old']}); max |diff| "
                       f"{r4['max_abs_diff']:.2e} (max err new {r4['max_err_new']:.2e}), within errors "
                       f"{r4['within_error']}; projector distance {r4['projector_distance']:.1e}; overlaps max/min "

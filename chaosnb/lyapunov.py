@@ -829,11 +829,52 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
     return (torch.cat([log_sigma, -inf]), torch.cat([v, lost_v], dim=1), torch.cat([err, inf]), log_lost)
 
 
+GRAM_BLOCKS = 8
+"""Block rows of the Gram matrix's lower triangle (``_gram_lower``): (b + 1) / (2b) of a full product's flops."""
+
+
+def _gram_lower(ys: torch.Tensor, blocks: int = GRAM_BLOCKS) -> torch.Tensor:
+    """L = Y^T Y, lower triangle only (what ``eigh``/``eigvalsh`` read, UPLO='L'), the syrk of BLAS done as
+    ``blocks`` block rows L[i0:i1, :i1] = Y[:, i0:i1]^T Y[:, :i1]: ~(blocks + 1) / (2 blocks) of the flops of
+    the full product. Entries above the diagonal blocks are zero (use ``.tril()`` for the lower triangle)."""
+    n = ys.shape[1]
+    gram = torch.zeros(n, n, dtype=ys.dtype, device=ys.device)
+    edges = [round(n * i / blocks) for i in range(blocks + 1)]
+    for i0, i1 in zip(edges[:-1], edges[1:], strict=True):
+        if i1 > i0:
+            torch.mm(ys[:, i0:i1].T, ys[:, :i1], out=gram[i0:i1, :i1])
+    return gram
+
+
+def _count_above(lower: torch.Tensor, c: float) -> int:
+    """Sylvester's law of inertia: the number of eigenvalues of the symmetric matrix (lower triangle ``lower``)
+    above ``c``, from the Bunch-Kaufman factorisation L - cI = P L D L^T P^T (D with 1 x 1 and 2 x 2 blocks):
+    the number of positive eigenvalues of D. Exact up to eigenvalues within rounding of c (N^3 / 3 flops)."""
+    a = lower.tril()
+    a.diagonal().sub_(c)
+    ld, piv, _ = torch.linalg.ldl_factor_ex(a, hermitian=True)  # info > 0: a zero pivot, counted as not above
+    d = ld.diagonal().tolist()
+    sub = ld.diagonal(-1).tolist()
+    piv = piv.tolist()
+    count, i, n = 0, 0, len(d)
+    while i < n:
+        if piv[i] > 0 or i == n - 1:  # 1 x 1 block
+            count += d[i] > 0.0
+            i += 1
+        else:  # 2 x 2 block [[d_i, s], [s, d_i+1]]
+            det = d[i] * d[i + 1] - sub[i] * sub[i]
+            count += 2 if (det > 0.0 and d[i] + d[i + 1] > 0.0) else (1 if det < 0.0 else 0)
+            i += 2
+    return count
+
+
 def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov | None:
     """The fast path of :func:`finite_time_lyapunov` when the spectrum is narrow (None when it does not apply).
 
-    L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats), all eigenvalues by
-    ``eigvalsh`` (absolute error ~ N eps lambda_max, so each exponent's error estimate is
+    L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats; lower triangle only,
+    :func:`_gram_lower`), all eigenvalues by ``eigvalsh``, or with all eigenvectors by ONE ``eigh`` when an inertia
+    count (:func:`_count_above`) shows more chaotic directions than Lanczos takes (absolute error ~ N eps lambda_max,
+    so each exponent's error estimate is
     log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
     engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
     chaotic subspace) by Lanczos (ARPACK, fixed start vector; ``eigh`` for all vectors when more than
@@ -856,10 +897,19 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
         if shift - float(rho.min()) > GRAM_MAX_SPREAD:
             return None
         ys = w @ (torch.exp(rho - shift)[:, None] * tt)
-    gram = ys.T @ ys
+    gram = _gram_lower(ys)  # lower triangle only
     if rho is not None:
         del ys
-    lam = torch.linalg.eigvalsh(gram)  # ascending
+    limit = max(16, n // GRAM_LANCZOS_FRACTION)
+    # Many chaotic directions (exponent > tol - a margin, i.e. lambda > e^(2 t tol - 2 shift) (1 - 1e-6), counted
+    # by inertia, one N^3/3 LDL^T): values and vectors from ONE eigh instead of eigvalsh + eigh.
+    # The count only picks the branch; the exponents and k below are computed the same way in both.
+    c = math.exp(min(2.0 * t * tol - 2.0 * shift, 700.0)) * (1.0 - 1e-6)
+    vectors = None
+    if n > 4 * limit and _count_above(gram, c) > limit:
+        lam, vectors = torch.linalg.eigh(gram)
+    else:
+        lam = torch.linalg.eigvalsh(gram)  # ascending
     top = float(lam[-1])
     if not top > 0.0 or float(lam[0]) <= 4.0 * n * EPS64 * top:
         return None
@@ -868,9 +918,11 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     err = (torch.log1p(n * EPS64 * top / lam) + 2.0 * math.log1p(rel)) / (2.0 * t)
     exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
     k = max(1, int(((exponents + err) > tol).sum()))
-    if k > max(16, n // GRAM_LANCZOS_FRACTION):  # many vectors: all of them from one symmetric eigensolver
-        vectors = torch.linalg.eigh(gram)[1].flip(1)
+    if vectors is not None or k > limit:  # many vectors: all of them from one symmetric eigensolver
+        vectors = (torch.linalg.eigh(gram)[1] if vectors is None else vectors).flip(1)
         return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
+    gram = gram.tril()
+    gram += gram.tril(-1).T  # the full symmetric L for Lanczos, Cholesky and residuals
     gram_np = gram.cpu().numpy()
     v0 = np.cos(np.arange(n, dtype=np.float64))
     vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=1e-14, ncv=min(n, max(2 * k + 1, 20)))

@@ -15,6 +15,8 @@ from chaosnb.lyapunov import (
     STRUCTURED_MAX_LOG2_SCALE,
     FiniteTimeLyapunov,
     TangentMap,
+    _count_above,
+    _gram_lower,
     _ldexp,
     finite_time_exponents,
     finite_time_lyapunov,
@@ -727,3 +729,56 @@ def test_decision_exponents_make_perturbation_directions_consistent():
     assert abs(float(d @ q[:, 3])) == pytest.approx(1.0, abs=1e-10)  # lambda = 1: log 0.5, not the killed one
     raw = perturbation_direction("max_non_chaotic", exponents=ft.exponents, eigenvectors=ft.vectors, tol=ft.tol)
     assert abs(float(raw @ q[:, 4])) == pytest.approx(1.0, abs=1e-6)  # what the raw exponents would pick
+
+
+def test_gram_lower_and_inertia_count_match_dense_references():
+    """The block-row Gram matrix's lower triangle equals Y^T Y; the inertia count equals the eigenvalue count."""
+    gen = torch.Generator().manual_seed(5)
+    for n in (1, 7, 61):
+        y = torch.randn(n + 3, n, generator=gen, dtype=F64)
+        ref = y.T @ y
+        lower = _gram_lower(y)
+        assert torch.allclose(lower.tril(), ref.tril(), rtol=0, atol=1e-12 * float(ref.abs().max()))
+        lam = torch.linalg.eigvalsh(ref)
+        mids = ((lam[1:] + lam[:-1]) / 2).tolist()  # between eigenvalues: no rounding ambiguity
+        for c in [-1.0, float(lam[-1]) + 1.0, *mids[:: max(1, len(mids) // 5)]]:
+            assert _count_above(lower, c) == int((lam > c).sum())
+    q = random_orthogonal(40, seed=3)  # indefinite with many 2 x 2 Bunch-Kaufman pivots
+    lam = torch.linspace(-3.0, 3.0, 40, dtype=F64)
+    a = (q * lam) @ q.T
+    for c in (-2.9, -0.01, 0.01, 0.95, 2.9):  # none within rounding of an eigenvalue
+        assert _count_above(a, c) == int((lam > c).sum())
+
+
+def _map_with_chaotic_dim(n: int, k: int, steps: int = 15, lr: float = 0.05) -> TangentMap:
+    """A plain-SGD tangent map whose L_t has exactly k eigenvalues > 1 (k expanding Hessian directions,
+    -2 <= lam <= -0.5, the others contracting, 0.5 <= lam <= 2), the eigenbasis slowly rotating; short enough
+    for no re-orthonormalisation (the gram path's regime)."""
+    gen = torch.Generator().manual_seed(100 + k)
+    q = random_orthogonal(n, seed=k)
+    lam = torch.cat([-0.5 - 1.5 * torch.rand(k, generator=gen, dtype=F64),
+                     0.5 + 1.5 * torch.rand(n - k, generator=gen, dtype=F64)])
+    tm = TangentMap(n, lr)
+    for _ in range(steps):
+        tm.step((lam, q))
+        small = 1e-3 * torch.randn(n, n, generator=gen, dtype=F64)
+        q, _ = torch.linalg.qr(q + q @ (small - small.T))
+    return tm
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_gram_path_at_the_lanczos_edge_keeps_every_chaotic_vector(extra):
+    """Chaotic dimension exactly at the Lanczos limit (max(16, N / 100) = 16) and one above it (the single-eigh
+    branch): the same chaotic dimension, chaotic projector and extreme directions as the dense full SVD. A
+    missed chaotic eigenvector changes the projector by ~1 and fails this."""
+    n, k = 120, 16 + extra
+    tm = _map_with_chaotic_dim(n, k)
+    full, fast = tm.lyapunov(method="full"), tm.lyapunov(1e-12)
+    assert fast.method == "gram" and full.chaotic_dim == k == fast.chaotic_dim
+    assert (fast.eigenvector_mask is None) == bool(extra)  # k = 17 > 16: all vectors from one eigh
+    assert torch.all((fast.exponents - full.exponents).abs() <= fast.error_estimate + full.error_estimate)
+    p_full, p_fast = (b @ b.T for b in (full.chaotic_subspace(), fast.chaotic_subspace()))
+    assert torch.linalg.matrix_norm(p_full - p_fast, ord=2) < 1e-8
+    for i in (0, n - 1):
+        assert abs(float(fast.vectors[:, i] @ full.vectors[:, i])) > 1 - 1e-8
+    assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
