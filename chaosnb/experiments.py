@@ -135,9 +135,11 @@ def eigen_runs(profile: dict, datasets: tuple[str, ...] = ("usps", "fashion_mnis
     return out
 
 
-def tangent_schedule(profile: dict, model: str, steps: int) -> tuple[int, ...]:
-    """Log-spaced steps at which the finite-time Lyapunov spectrum is computed (always incl. the last)."""
-    points = int(_by_model(profile["lyapunov"]["points"], model))
+def tangent_schedule(profile: dict, model: str, steps: int, key: str = "points") -> tuple[int, ...]:
+    """Log-spaced steps at which the finite-time Lyapunov spectrum is computed (always incl. the last); ``key``
+    names the profile's ``lyapunov`` entry with the number of points (falling back to ``points``)."""
+    lyapunov = profile["lyapunov"]
+    points = int(_by_model(lyapunov.get(key, lyapunov["points"]), model))
     first = min(int(profile["subspace"]["first"]), steps)
     steps_list = set(log_spaced_steps(steps, per_decade=1, first=1))
     if points > 1:
@@ -169,7 +171,7 @@ def reference_runs(profile: dict) -> dict[str, RunConfig]:
 def lyapunov_pruning_runs(profile: dict) -> dict[str, RunConfig]:
     """Figure C.1.3: MLP on USPS with momentum 0.9, SGD and CGD with each prune set, with the tangent map."""
     steps = steps_for(profile["lyapunov"]["pruning_steps"], "usps", profile["batch_size"])
-    schedule = tangent_schedule(profile, "mlp", steps)
+    schedule = tangent_schedule(profile, "mlp", steps, key="pruning_points")
     common = dict(momentum=0.9, steps=steps, tangent_steps=schedule)
     runs = {"sgd": base_config(profile, "usps", "mlp", **common)}
     for prune_set in PRUNE_SETS_SHOWN:
