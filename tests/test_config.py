@@ -52,6 +52,7 @@ ALTERNATIVES = {
     "perturb_eps": (BASE_PERTURB, 0.2),
     "perturb_strategies": (BASE_PERTURB, ("random", "chaotic")),
     "distance_every": (BASE, 2),
+    "tangent_dtype": (BASE, "float32"),
 }
 
 
@@ -137,7 +138,9 @@ INVALID = [
     ("seed", dict(seed="42")),
     ("prune_k", dict(prune_k=0)),
     ("prune_noise_std", dict(prune_noise_std=-1.0)),
-    ("spectrum_rtol", dict(spectrum_rtol=0.0)),
+    ("spectrum_rtol", dict(spectrum_rtol=-1e-5)),
+    ("tangent_dtype", dict(tangent_dtype="float16")),
+    ("tangent_dtype", dict(tangent_dtype="float32", momentum=0.9, tangent_steps=(10,))),
     ("eval_every", dict(eval_every=-5)),
     ("distance_every", dict(distance_every=0)),
     ("snapshot_steps", dict(steps=10, tangent_steps=(5,), snapshot_steps=(3,))),
