@@ -455,3 +455,13 @@ def test_paper_dimension_verdict_flips(paper, exact, status):
     assert j.status == status, j.reason
     with pytest.raises(ValueError, match="no tangent step in common"):
         V.paper_dimension_figure(dim_run(exact), dim_run(paper, steps=(3, 5, 6)))
+
+
+def test_seed_band_is_the_mean_and_range_of_the_smoothed_seeds():
+    from chaosnb.plots import moving_average, seed_band
+
+    a, b = (np.arange(6), np.arange(6.0)), (np.arange(5), 2 * np.arange(5.0))
+    steps, mean, low, high = seed_band([a, b], 2)
+    assert list(steps) == [0, 1, 2, 3, 4]  # the common prefix
+    sa, sb = moving_average(a[1][:5], 2), moving_average(b[1], 2)
+    assert np.allclose(mean, (sa + sb) / 2) and np.allclose(low, np.minimum(sa, sb)) and np.allclose(high, sb)
