@@ -720,8 +720,8 @@ def paper_pruning_figure(exact: Mapping[str, RunResult], paper: Mapping[str, Run
                     f"max relative difference {d_ex:.2e} over the same {horizon} steps"))
     measured = (f"mean pruned directions per step: float32 chaotic {pruned(paper['chaotic']):.0f}, negative "
                 f"{pruned(paper['neg']):.0f}; exact chaotic {pruned(exact['chaotic']):.1f}, negative "
-                f"{pruned(exact['neg']):.1f} (low-rank: the implicit null space counted as pruned by negative "
-                "pruning)")
+                f"{pruned(exact['neg']):.1f} (exact negative pruning also removes the zero eigenspace, which the "
+                "exact chaotic pruning keeps)")
     return Judgement("Figure 1 (paper numerics)", "the difference between chaotic and negative pruning in the paper's "
                      "Figure 1 comes from float32 round-off (noise eigenvalues of the null space)", combine(checks),
                      checks, "both checks must hold for the round-off reading to be reproduced", measured,
