@@ -26,6 +26,7 @@ OPTIMIZERS = ("sgd", "cgd")
 DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "cuda")
 DEVICE_ENV = "CHAOSNB_DEVICE"
+HASH_NEUTRAL_DEFAULTS = {"tangent_dtype": "float64"}
 FLOAT_FIELDS = ("lr", "momentum", "prune_noise_std", "spectrum_rtol", "lyapunov_tol", "perturb_eps")
 
 
@@ -77,6 +78,7 @@ class RunConfig:
     tangent_steps: tuple[int, ...] = ()
     snapshot_steps: tuple[int, ...] = ()
     lyapunov_tol: float = 1e-12
+    tangent_dtype: str = "float64"  # "float32": the authors' numerics (dense float32 Y_t, eigh of Y^T Y in float32)
     # validation
     eval_every: int = 0
     # perturbation experiments (stage 2)
@@ -100,7 +102,7 @@ class RunConfig:
                                                           DATASETS))
         for name, options in (("model", MODELS), ("activation", tuple(ACTIVATIONS)), ("optimizer", OPTIMIZERS),
                               ("prune_set", PRUNE_SETS), ("prune_select", SELECTIONS),
-                              ("spectrum_method", METHODS), ("dtype", DTYPES)):
+                              ("spectrum_method", METHODS), ("dtype", DTYPES), ("tangent_dtype", DTYPES)):
             _check_choice(name, getattr(self, name), options)
         for name in ("tangent_steps", "snapshot_steps", "perturb_strategies"):
             value = getattr(self, name)
@@ -126,8 +128,12 @@ class RunConfig:
             _positive_int("prune_k", self.prune_k)
         if self.prune_noise_std < 0:
             raise ConfigError(f"prune_noise_std: must be >= 0, got {self.prune_noise_std!r}")
-        if self.spectrum_rtol <= 0:
-            raise ConfigError(f"spectrum_rtol: must be > 0, got {self.spectrum_rtol!r}")
+        if self.spectrum_rtol < 0:
+            raise ConfigError(f"spectrum_rtol: must be >= 0 (0: no zero tolerance, the paper's numerics), got "
+                              f"{self.spectrum_rtol!r}")
+        if self.tangent_dtype == "float32" and (self.momentum or self.optimizer != "sgd" or self.is_perturbation):
+            raise ConfigError("tangent_dtype: the float32 tangent map (the paper's numerics) supports plain SGD "
+                              "without momentum or perturbation only; use tangent_dtype='float64'")
         if self.lyapunov_tol < 0:
             raise ConfigError(f"lyapunov_tol: must be >= 0, got {self.lyapunov_tol!r}")
         bad = [s for s in self.tangent_steps if not 0 < s <= self.steps]
@@ -174,10 +180,13 @@ class RunConfig:
                                    snapshot_steps=self.snapshot_steps, distance_every=1, eval_every=0)
 
     def to_dict(self) -> dict:
-        """Canonical, JSON-serialisable form (tuples as lists)."""
+        """Canonical, JSON-serialisable form (tuples as lists). Fields added after the first results were stored
+        (``HASH_NEUTRAL_DEFAULTS``) are left out at their default, so existing runs keep their hashes."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if HASH_NEUTRAL_DEFAULTS.get(f.name, object()) == value:
+                continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

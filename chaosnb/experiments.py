@@ -7,6 +7,7 @@ the book driver can compute every run of a profile up front, in parallel, before
 from __future__ import annotations
 
 import copy
+import dataclasses
 from functools import lru_cache
 from importlib import resources
 
@@ -100,22 +101,41 @@ def base_config(profile: dict, dataset: str, model: str, **fields) -> RunConfig:
     return RunConfig(**values)
 
 
-def pruning_runs(profile: dict, panel: str) -> dict[str, RunConfig]:
-    """SGD and CGD with each prune set for one pruning panel (Figure 1, B.1.1-B.1.5)."""
+def seeds_for(profile: dict, section: str) -> tuple[int, ...]:
+    """The seeds of a section's multi-seed runs: the profile's ``seed``, ``seed + 1``, ... (``seeds`` of the
+    section, default 1). The first seed's runs are the single-seed runs every page already shows."""
+    n = profile[section].get("seeds", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{section}.seeds: must be a positive integer, got {n!r}")
+    return tuple(int(profile["seed"]) + i for i in range(n))
+
+
+def pruning_runs(profile: dict, panel: str, seed: int | None = None) -> dict[str, RunConfig]:
+    """SGD and CGD with each prune set for one pruning panel (Figure 1, B.1.1-B.1.5); ``seed`` (default: the
+    profile's) sets the initialisation and the batches, shared by the four runs (paired comparisons)."""
     dataset, model, momentum = PRUNING_PANELS[panel]
     p = profile["pruning"]
     steps = steps_for(p[f"{model}_steps"], dataset, profile["batch_size"])
-    common = dict(momentum=momentum, steps=steps, eval_every=p["eval_every"])
+    common = dict(momentum=momentum, steps=steps, eval_every=p["eval_every"],
+                  seed=profile["seed"] if seed is None else int(seed))
     runs = {"sgd": base_config(profile, dataset, model, **common)}
     for prune_set in PRUNE_SETS_SHOWN:
         runs[prune_set] = base_config(profile, dataset, model, optimizer="cgd", prune_set=prune_set, **common)
     return runs
 
 
-def pruning_start_runs(profile: dict) -> dict[str, RunConfig]:
+def pruning_seed_runs(profile: dict, panel: str) -> dict[int, dict[str, RunConfig]]:
+    """seed -> the panel's four runs: ``pruning.seeds`` seeds for the MLP panels, one for the CNN panels (a CNN
+    CGD step with its dense spectrum costs ~0.57 s: more seeds do not fit the quick profile)."""
+    seeds = seeds_for(profile, "pruning") if PRUNING_PANELS[panel][1] == "mlp" else (int(profile["seed"]),)
+    return {seed: pruning_runs(profile, panel, seed) for seed in seeds}
+
+
+def pruning_start_runs(profile: dict, seed: int | None = None) -> dict[str, RunConfig]:
     """Main-text Figure 2: CGD (chaotic) switched on at several steps vs SGD, MLP on USPS at batch 16."""
     p = profile["pruning_start"]
-    common = dict(steps=int(p["steps"]), batch_size=int(p["batch_size"]), eval_every=0)
+    common = dict(steps=int(p["steps"]), batch_size=int(p["batch_size"]), eval_every=0,
+                  seed=profile["seed"] if seed is None else int(seed))
     runs = {"sgd": base_config(profile, "usps", "mlp", **common)}
     for start in p["starts"]:
         runs[f"pruning from {start}"] = base_config(profile, "usps", "mlp", optimizer="cgd", prune_set="chaotic",
@@ -123,7 +143,13 @@ def pruning_start_runs(profile: dict) -> dict[str, RunConfig]:
     return runs
 
 
-def eigen_runs(profile: dict, datasets: tuple[str, ...] = ("usps", "fashion_mnist")) -> dict[str, RunConfig]:
+def pruning_start_seed_runs(profile: dict) -> dict[int, dict[str, RunConfig]]:
+    """seed -> Figure 2's runs, for the ``pruning_start.seeds`` seeds."""
+    return {seed: pruning_start_runs(profile, seed) for seed in seeds_for(profile, "pruning_start")}
+
+
+def eigen_runs(profile: dict, datasets: tuple[str, ...] = ("usps", "fashion_mnist"),
+               seed: int | None = None) -> dict[str, RunConfig]:
     """SGD runs with Hessian spectra every k steps (Figures B.2.1-B.2.7)."""
     p = profile["eigen"]
     out = {}
@@ -131,7 +157,50 @@ def eigen_runs(profile: dict, datasets: tuple[str, ...] = ("usps", "fashion_mnis
         if dataset in datasets:
             out[name] = base_config(profile, dataset, model, activation=activation, momentum=momentum,
                                     steps=steps_for(p["steps"], dataset, profile["batch_size"]),
-                                    spectrum_every=int(p["spectrum_every"]))
+                                    spectrum_every=int(p["spectrum_every"]),
+                                    seed=profile["seed"] if seed is None else int(seed))
+    return out
+
+
+def eigen_seed_runs(profile: dict) -> dict[str, list[RunConfig]]:
+    """Run name -> its configurations, one per seed: ``eigen.seeds`` seeds for the MLP runs, one for the CNN."""
+    per_seed = [eigen_runs(profile, seed=seed) for seed in seeds_for(profile, "eigen")]
+    return {name: [runs[name] for runs in per_seed] if EIGEN_RUNS[name][1] == "mlp" else [per_seed[0][name]]
+            for name in per_seed[0]}
+
+
+PAPER_NUMERICS = dict(spectrum_method="dense", spectrum_rtol=0.0, dtype="float32")
+"""The authors' numerics: a dense float32 Hessian and float32 ``eigh`` with no zero tolerance (every eigenvalue
+is positive or negative, the null space included)."""
+
+
+def paper_numerics_runs(profile: dict) -> dict[str, RunConfig]:
+    """Issue 11 item 5: runs with the authors' numerics next to the exact ones, model ``paper_numerics.model``.
+
+    ``"B.2.2"``: the B.2 SGD run on USPS (the sigmoid MLP, or the CNN) with a dense float32 spectrum every
+    ``b22_every`` steps (a subset of the exact run's spectrum steps; the same trajectory). ``"Figure 1 chaotic"``,
+    ``"Figure 1 neg"``: the first ``fig1_steps`` steps of the USPS pruning panel's CGD runs. ``"C.1.2"``: the USPS
+    reference run's first ``c12_steps`` steps with a float32 tangent map (exponents at log-spaced steps), and
+    ``"C.1.2 exact"`` the same run with the exact engine (low-rank spectrum, float64 tangent map)."""
+    p = profile["paper_numerics"]
+    model = p["model"]
+    eigen_name = "USPS MLP sigmoid" if model == "mlp" else "USPS CNN"
+    eigen = eigen_runs(profile, ("usps",))[eigen_name]
+    every = int(p["b22_every"])
+    if every % eigen.spectrum_every:
+        raise ValueError(f"paper_numerics.b22_every ({every}) must be a multiple of eigen.spectrum_every "
+                         f"({eigen.spectrum_every}) so that the exact run has a spectrum at the same steps")
+    panel = next(k for k, v in PRUNING_PANELS.items() if v == ("usps", model, 0.0))
+    fig1_steps = steps_for(p["fig1_steps"], "usps", profile["batch_size"])
+    c12_steps = steps_for(p["c12_steps"], "usps", profile["batch_size"])
+    schedule = log_spaced_steps(c12_steps, per_decade=3)
+    exact = base_config(profile, "usps", model, steps=c12_steps, tangent_steps=schedule)
+    out = {"B.2.2": dataclasses.replace(eigen, spectrum_every=every, **PAPER_NUMERICS)}
+    for prune_set in ("chaotic", "neg"):
+        cgd = pruning_runs(profile, panel)[prune_set]
+        out[f"Figure 1 {prune_set}"] = dataclasses.replace(cgd, steps=fig1_steps, eval_every=0, **PAPER_NUMERICS)
+    out["C.1.2"] = dataclasses.replace(exact, tangent_dtype="float32", **PAPER_NUMERICS)
+    out["C.1.2 exact"] = exact
     return out
 
 
@@ -212,6 +281,12 @@ def all_configs(profile: dict) -> list[RunConfig]:
         configs += pruning_runs(profile, panel).values()
     configs += pruning_start_runs(profile).values()
     configs += eigen_runs(profile).values()
+    # further seeds (issue 11 item 4), then the paper's numerics (item 5): after the single-seed runs
+    for panel in PRUNING_PANELS:
+        configs += [c for runs in pruning_seed_runs(profile, panel).values() for c in runs.values()]
+    configs += [c for runs in pruning_start_seed_runs(profile).values() for c in runs.values()]
+    configs += [c for runs in eigen_seed_runs(profile).values() for c in runs]
+    configs += paper_numerics_runs(profile).values()
     configs += reference_runs(profile).values()
     configs += lyapunov_pruning_runs(profile).values()
     for eps in (profile["perturbation"]["eps_main"], profile["perturbation"]["eps_large"]):

@@ -1057,3 +1057,60 @@ def qr_lyapunov_spectrum(jacobians: Iterable[torch.Tensor | np.ndarray] | None =
     if count == 0 or acc is None:
         raise ValueError("no Jacobians after the transient")
     return torch.from_numpy(np.sort(acc / count)[::-1].copy())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The authors' numerics (issue 11 item 5): a dense float32 tangent map, for comparison with the exact engine
+
+
+class Float32TangentMap:
+    """Y_t = prod_s (I - lr H_s) of plain SGD (Theorem A.1) as the authors computed it: a dense N x N float32
+    matrix updated by Y <- Y - lr H_s Y in float32, with the finite-time spectrum from a float32 ``eigh`` of
+    L_t = Y_t^T Y_t, exponents (1 / 2t) log eig(L_t), and no error margin: exponent > tol counts as chaotic.
+
+    Directions no step touched (the Hessians' common null space, most of the MLP's 5,350) have L_t = 1 exactly
+    in exact arithmetic; here they carry float32 rounding noise of size ~ N eps32 ||L_t||, so about half of them
+    come out "chaotic". Only for the comparison pages; the exact engine is :class:`TangentMap`.
+    """
+
+    def __init__(self, num_params: int, lr: float, momentum: float = 0.0,
+                 device: torch.device | str | None = None) -> None:
+        if momentum:
+            raise ValueError("Float32TangentMap supports plain SGD only (momentum 0); use TangentMap")
+        if not lr > 0.0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.num_params, self.lr, self.t = int(num_params), float(lr), 0
+        self._y = torch.eye(self.num_params, dtype=torch.float32, device=device)
+
+    def step(self, h: HessianLike, lr: float | None = None) -> None:
+        """Y <- Y - lr H Y in float32 (H dense, or V diag(lam) V^T from an eigenpair set)."""
+        lr = self.lr if lr is None else float(lr)
+        if isinstance(h, torch.Tensor):
+            p = _dense(h, self.num_params).to(torch.float32) @ self._y
+        else:
+            lam, vecs = _pair(h, self.num_params)
+            vecs = vecs.to(torch.float32)
+            p = vecs @ (lam.to(torch.float32)[:, None] * (vecs.T @ self._y))
+        self._y.add_(p, alpha=-lr)
+        if not bool(torch.isfinite(self._y).all()):
+            raise FloatingPointError("float32 tangent map: non-finite entries")
+        self.t += 1
+
+    def lyapunov(self, tol: float = 0.0, method: str = "float32") -> FiniteTimeLyapunov:
+        """Exponents (1 / 2t) log eig(Y^T Y) from a float32 ``eigh`` (descending; eig <= 0 gives -inf), every
+        error estimate 0, so ``chaotic_dim`` counts exponents > tol exactly as the authors did."""
+        if self.t <= 0:
+            raise ValueError("finite-time exponents need t >= 1 steps")
+        lam, vecs = torch.linalg.eigh(self._y.T @ self._y)
+        lam, vecs = lam.flip(0).to(torch.float64), vecs.flip(1).to(torch.float64)
+        with torch.no_grad():
+            exponents = torch.where(lam > 0, torch.log(lam.clamp(min=1e-300)) / (2 * self.t),
+                                    torch.tensor(-math.inf, dtype=torch.float64, device=lam.device))
+        return FiniteTimeLyapunov(exponents, vecs, self.t, -math.inf, float(tol), "float32",
+                                  torch.zeros_like(exponents))
+
+    def state_dict(self) -> dict:
+        return {"format": "float32", "t": self.t, "y": self._y.clone(), "lr": self.lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t, self._y, self.lr = int(state["t"]), state["y"].clone(), float(state["lr"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,6 +50,32 @@ def plot_smoothed(ax, steps, values, window: int, label: str | None = None, colo
     if raw and window > 1:
         ax.plot(steps, values, color=color, alpha=0.18, linewidth=0.7)
     return ax.plot(steps, moving_average(values, window), color=color, label=label, **kwargs)[0]
+
+
+def seed_band(series, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, min, max) over seeds of the trailing moving averages (``window``) of ``series``, a list of
+    (steps, values) pairs, one per seed, on the steps all seeds recorded (a diverged seed ends the band early:
+    the common prefix is used; its NaNs are ignored by the NaN-aware mean / min / max)."""
+    if not series:
+        raise ValueError("seed_band needs at least one (steps, values) series")
+    n = min(len(steps) for steps, _ in series)
+    steps = np.asarray(series[0][0][:n])
+    smooth = np.stack([moving_average(np.asarray(v, dtype=np.float64)[:n], window) for _, v in series])
+    with warnings.catch_warnings():  # all-NaN columns (every seed diverged) give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return steps, np.nanmean(smooth, 0), np.nanmin(smooth, 0), np.nanmax(smooth, 0)
+
+
+def plot_band(ax, series, window: int, label: str | None = None, color=None, **kwargs):
+    """Mean over seeds of the smoothed curves, with the min-max band over seeds shaded (its edges drawn thinly, so
+    the figure's data file holds them); one seed: :func:`plot_smoothed`."""
+    if len(series) == 1:
+        return plot_smoothed(ax, *series[0], window, label=label, color=color, **kwargs)
+    steps, mean, low, high = seed_band(series, window)
+    ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+    ax.plot(steps, low, color=color, alpha=0.5, linewidth=0.4)
+    ax.plot(steps, high, color=color, alpha=0.5, linewidth=0.4)
+    return ax.plot(steps, mean, color=color, label=label, **kwargs)[0]
 
 
 def mark_divergence(ax, step: int | None, color=None, label: str | None = None) -> None:

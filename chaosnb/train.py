@@ -22,7 +22,7 @@ from chaosnb.cgd import CGD
 from chaosnb.config import RunConfig
 from chaosnb.curvature import HessianDiverged, Spectrum, minibatch_spectrum
 from chaosnb.data import Dataset, load_dataset, sampler_for
-from chaosnb.lyapunov import TangentMap, max_local_exponent
+from chaosnb.lyapunov import Float32TangentMap, TangentMap, max_local_exponent
 from chaosnb.models import make_flat_model
 from chaosnb.perturb import STRATEGIES, perturbation_direction, strategy_seed
 from chaosnb.subspace import overlap
@@ -148,7 +148,8 @@ class Training:
             self.model_names = ["model"]
         self.params = [torch.nn.Parameter(t.clone()) for t in thetas]
         self.optimizers = [self._optimizer(p) for p in self.params]
-        self.tangent = (TangentMap(self.flat.num_params, config.lr, config.momentum, device=self.device)
+        tangent_class = Float32TangentMap if config.tangent_dtype == "float32" else TangentMap
+        self.tangent = (tangent_class(self.flat.num_params, config.lr, config.momentum, device=self.device)
                         if config.uses_tangent_map else None)
         self._value_and_grad = grad_and_value(self._loss_and_logits, has_aux=True)
 

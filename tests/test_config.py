@@ -53,6 +53,7 @@ ALTERNATIVES = {
     "perturb_strategies": (BASE_PERTURB, ("random", "chaotic")),
     "distance_every": (BASE, 2),
     "device": (BASE, "cuda"),  # "cpu" is left out of the hash (tests/test_device.py)
+    "tangent_dtype": (BASE, "float32"),
 }
 
 
@@ -138,7 +139,9 @@ INVALID = [
     ("seed", dict(seed="42")),
     ("prune_k", dict(prune_k=0)),
     ("prune_noise_std", dict(prune_noise_std=-1.0)),
-    ("spectrum_rtol", dict(spectrum_rtol=0.0)),
+    ("spectrum_rtol", dict(spectrum_rtol=-1e-5)),
+    ("tangent_dtype", dict(tangent_dtype="float16")),
+    ("tangent_dtype", dict(tangent_dtype="float32", momentum=0.9, tangent_steps=(10,))),
     ("eval_every", dict(eval_every=-5)),
     ("distance_every", dict(distance_every=0)),
     ("snapshot_steps", dict(steps=10, tangent_steps=(5,), snapshot_steps=(3,))),

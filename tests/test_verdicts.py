@@ -303,3 +303,165 @@ def test_distance_fit_verdict_flips(stage, curves, status):
     th = load_profile("quick")["verdicts"]["distances"]
     j = V.distance_fit_figure(distance_run(curves), stage1_run(*stage), 0.1, th)
     assert j.status == status, j.reason
+
+
+# ---------------------------------------------------------------------------------------------- seeds (issue 11 item 4)
+def test_paired_bootstrap_is_deterministic_and_covers_the_mean():
+    one = V.paired_bootstrap([0.3], [0.1])
+    assert (one.value, one.low, one.high, one.n) == (pytest.approx(0.2), pytest.approx(0.2), pytest.approx(0.2), 1)
+    a, b = [0.9, 0.85, 0.8], [0.6, 0.7, 0.75]
+    est = V.paired_bootstrap(a, b)
+    assert est.value == pytest.approx(np.mean(np.subtract(a, b)))
+    assert est.low == pytest.approx(0.05) and est.high == pytest.approx(0.3)  # n = 3: the extremes (1/27 > 2.5 %)
+    assert V.paired_bootstrap(a, b) == est  # fixed generator
+    many = V.paired_bootstrap(np.linspace(0, 1, 40))
+    assert 0.35 < many.low < 0.5 < many.high < 0.65  # ~ mean +- 2 sd / sqrt(n) for 40 seeds
+    assert V.paired_bootstrap([np.nan, 1.0], [0.0, 0.5]).n == 1  # non-finite pairs dropped
+    with pytest.raises(ValueError, match="pair up"):
+        V.paired_bootstrap([1.0, 2.0], [1.0])
+
+
+def panel(chaotic=SLOW, neg=SLOW, pos=FAST_CRASH, sgd=SGD):
+    return {"sgd": sgd, "chaotic": chaotic, "neg": neg, "pos": pos}
+
+
+def test_seeded_pruning_verdict_needs_every_seed_past_the_margin():
+    """Seeds with gaps ~0.39, 0.39, 0.01: the mean gap (0.26) clears the margin, the paired interval does not."""
+    good = [panel(), panel(), panel()]
+    j = V.pruning_figure("Figure B.1.1", good, WINDOW, TH)
+    assert j.status == V.REPRODUCED and "3 seeds" in j.limits and "bootstrap" in j.limits, j.reason
+    one_bad = [panel(), panel(), panel(chaotic=AS_SGD, neg=AS_SGD)]
+    j = V.pruning_figure("Figure B.1.1", one_bad, WINDOW, TH)
+    assert j.status == V.NOT_REPRODUCED, j.reason
+    assert "gap +0.263 [+0.00974, +0.389]" in j.checks[0].measured and "3 seeds" in j.checks[0].measured
+    assert V.pruning_figure("Figure B.1.1", one_bad[:1], WINDOW, TH).status == V.REPRODUCED  # one seed would pass
+
+
+def test_seeded_crash_and_fast_checks():
+    crash_two_of_three = [panel(), panel(), panel(pos=FAST_NO_CRASH)]
+    j = V.pruning_figure("Figure B.1.2", crash_two_of_three, WINDOW, TH)
+    assert [c.passed for c in j.checks] == [True, False] and j.status == V.PARTLY
+    assert "diverged in 2 of 3 seeds" in j.checks[1].measured
+    late_in_one = [panel(), panel(), panel(pos=run(0.85, rise=STEPS, diverged_at=STEPS - 5))]
+    j = V.pruning_figure("Figure B.1.2", late_in_one, WINDOW, TH)
+    assert j.checks[0].passed is False and "positive in 3 of 3 seeds" in j.checks[0].measured, j.reason
+    assert V.pruning_figure("Figure B.1.2", [panel(), panel()], WINDOW, TH).status == V.REPRODUCED
+
+
+def test_seeded_stuck_check_uses_the_ratio_interval():
+    stuck = [{**panel(chaotic=STUCK, neg=STUCK), "sgd": SGD} for _ in range(3)]
+    assert V.pruning_figure("Figure B.1.3", stuck, WINDOW, TH).checks[0].passed is True
+    mixed = stuck[:2] + [panel(chaotic=run(0.7), neg=run(0.7))]
+    j = V.pruning_figure("Figure B.1.3", mixed, WINDOW, TH)
+    assert j.checks[0].passed is False and "ratio" in j.checks[0].measured, j.reason
+
+
+def test_seeded_pruning_start_verdict_flips():
+    def seed(finals):
+        return {"sgd": run(finals[0]), "late": start_run(finals[1], 300), "mid": start_run(finals[2], 200),
+                "early": start_run(finals[3], 100)}
+
+    ordered = [seed((0.9, 0.8, 0.7, 0.6)), seed((0.88, 0.79, 0.72, 0.55)), seed((0.91, 0.82, 0.69, 0.6))]
+    assert V.pruning_start_figure(ordered, WINDOW, TH).status == V.REPRODUCED
+    one_swapped = ordered[:2] + [seed((0.9, 0.7, 0.8, 0.6))]  # late < mid in one seed: that pair is not ordered
+    j = V.pruning_start_figure(one_swapped, WINDOW, TH)
+    assert j.status == V.PARTLY and [c.passed for c in j.checks] == [True, False, True, True], j.reason
+    assert V.pruning_start_figure([seed((0.5, 0.6, 0.7, 0.8))] * 3, WINDOW, TH).status == V.NOT_REPRODUCED
+
+
+def test_seeded_count_trend_needs_the_trend_in_every_seed():
+    up = [count_run(1.0, -1.0, seed=s) for s in (0, 2, 4)]
+    j = V.count_trend_figure("Figure B.2.2", "claim", {"USPS MLP sigmoid": up}, LEVEL)
+    assert j.status == V.REPRODUCED and "USPS MLP sigmoid 3" in j.limits, j.reason
+    one_down = up[:2] + [count_run(-1.0, 1.0, seed=6)]
+    assert V.count_trend_figure("Figure B.2.2", "claim", {"USPS MLP sigmoid": one_down}, LEVEL).status == \
+        V.NOT_REPRODUCED
+
+
+def test_seeded_overlap_verdicts_flip():
+    good = [overlap_run(0.02, -1e-4, seed=s) for s in range(3)]
+    assert V.mean_overlap_figure("Figure B.2.3", "claim", {"run": good}, LEVEL).status == V.REPRODUCED
+    bad = good[:2] + [overlap_run(-0.02, 1e-4, seed=5)]
+    assert V.mean_overlap_figure("Figure B.2.3", "claim", {"run": bad}, LEVEL).status == V.NOT_REPRODUCED
+    ext = [extreme_run(0.2, 1e-3, 0.05)] * 3
+    assert V.extreme_overlap_figure("Figure B.2.4", "claim", {"run": ext}, LEVEL).status == V.REPRODUCED
+    ext_bad = ext[:2] + [extreme_run(-0.3, -1e-3, -0.05)]
+    assert V.extreme_overlap_figure("Figure B.2.4", "claim", {"run": ext_bad}, LEVEL).status == V.NOT_REPRODUCED
+    edge = [edge_run(0.0), edge_run(0.0), edge_run(0.5)]  # pooled: 1/6 of the spectra above the edge
+    assert V.edge_count_figure("Figure B.2.1", "claim", {"run": edge}, EDGE).status == V.NOT_REPRODUCED
+
+
+# ---------------------------------------------------------------------------------------------- paper numerics (item 5)
+N_SYN = 1000
+
+
+def spectra_run(n_pos, n_neg, rank=None, every: int = 100, **fields) -> RunResult:
+    n_pos, n_neg = np.asarray(n_pos, dtype=float), np.asarray(n_neg, dtype=float)
+    rank = n_pos + n_neg if rank is None else np.asarray(rank, dtype=float)
+    r = series_run(every=every, n_pos=n_pos, n_neg=n_neg, rank=rank, n_zero=N_SYN - rank)
+    return RunResult(RunConfig(steps=r.config.steps, spectrum_every=every, **fields), r.metrics,
+                     arrays={"final_theta": np.zeros((1, N_SYN))}, steps_done=r.steps_done)
+
+
+EXACT_COUNTS = spectra_run(np.linspace(60, 80, 10), np.linspace(40, 20, 10))
+
+
+@pytest.mark.parametrize(("paper", "status"), [
+    (spectra_run(np.linspace(560, 580, 10), np.linspace(440, 420, 10)), V.REPRODUCED),
+    (spectra_run(np.linspace(560, 580, 10), np.linspace(60, 30, 10)), V.PARTLY),  # a zero tolerance after all
+    (spectra_run(np.linspace(60, 80, 10), np.linspace(40, 20, 10) + np.arange(10) * 5.0), V.NOT_REPRODUCED),
+])
+def test_paper_counts_verdict_flips(paper, status):
+    j = V.paper_counts_figure(EXACT_COUNTS, paper)
+    assert j.status == status, j.reason
+    assert j.figure == "Figure B.2.2 (paper numerics)"
+
+
+def loss_run(losses, n_pruned=100.0) -> RunResult:
+    losses = np.asarray(losses, dtype=float)
+    steps = np.arange(losses.size)
+    return RunResult(RunConfig(steps=int(losses.size)), {"train_loss": losses, "train_loss__step": steps,
+                                                         "n_pruned": np.full(losses.size, n_pruned),
+                                                         "n_pruned__step": steps}, steps_done=int(losses.size))
+
+
+@pytest.mark.parametrize(("paper_neg", "exact_neg", "status"), [
+    ([2.3, 2.0, 1.6], [2.3, 2.1, 1.9, 1.7, 1.5], V.REPRODUCED),
+    ([2.3, 2.1, 1.9], [2.3, 2.1, 1.9, 1.7, 1.5], V.PARTLY),  # float32 runs coincide too
+    ([2.3, 2.1, 1.9], [2.3, 1.7, 1.2, 1.7, 1.5], V.NOT_REPRODUCED),  # the exact runs differ already
+])
+def test_paper_pruning_verdict_flips(paper_neg, exact_neg, status):
+    exact = {"chaotic": loss_run([2.3, 2.1, 1.9, 1.7, 1.5]), "neg": loss_run(exact_neg)}
+    paper = {"chaotic": loss_run([2.3, 2.1, 1.9]), "neg": loss_run(paper_neg)}
+    j = V.paper_pruning_figure(exact, paper)
+    assert j.status == status, j.reason
+    assert "over 3 steps" in j.checks[0].measured  # judged over the paper runs' horizon only
+
+
+def dim_run(dims, steps=(1, 2, 4)) -> RunResult:
+    steps = np.asarray(steps)
+    return RunResult(RunConfig(steps=int(steps[-1])), {"chaotic_dim": np.asarray(dims, dtype=float),
+                                                       "chaotic_dim__step": steps},
+                     arrays={"final_theta": np.zeros((1, N_SYN))}, steps_done=int(steps[-1]))
+
+
+@pytest.mark.parametrize(("paper", "exact", "status"), [
+    ((480, 470, 460), (30, 35, 40), V.REPRODUCED),
+    ((480, 470, 460), (300, 320, 330), V.PARTLY),  # the exact dimension starts high too
+    ((40, 45, 50), (300, 320, 330), V.NOT_REPRODUCED),
+])
+def test_paper_dimension_verdict_flips(paper, exact, status):
+    j = V.paper_dimension_figure(dim_run(exact), dim_run(paper))
+    assert j.status == status, j.reason
+    with pytest.raises(ValueError, match="no tangent step in common"):
+        V.paper_dimension_figure(dim_run(exact), dim_run(paper, steps=(3, 5, 6)))
+
+
+def test_seed_band_is_the_mean_and_range_of_the_smoothed_seeds():
+    from chaosnb.plots import moving_average, seed_band
+
+    a, b = (np.arange(6), np.arange(6.0)), (np.arange(5), 2 * np.arange(5.0))
+    steps, mean, low, high = seed_band([a, b], 2)
+    assert list(steps) == [0, 1, 2, 3, 4]  # the common prefix
+    sa, sb = moving_average(a[1][:5], 2), moving_average(b[1], 2)
+    assert np.allclose(mean, (sa + sb) / 2) and np.allclose(low, np.minimum(sa, sb)) and np.allclose(high, sb)

@@ -34,13 +34,13 @@ def prun(rates=ORDERED, *, steps: int = 40, eps: float = EPS, model: str = "mlp"
     return RunResult(config, metrics, steps_done=steps)
 
 
-def test_paired_bootstrap_excludes_zero_only_for_a_real_shift():
+def test_bootstrap_mean_excludes_zero_only_for_a_real_shift():
     rng = np.random.default_rng(1)
-    shifted = V.paired_bootstrap(0.5 + 0.1 * rng.standard_normal(50))
+    shifted = V.bootstrap_mean(0.5 + 0.1 * rng.standard_normal(50))
     assert shifted.positive and shifted.low < 0.5 < shifted.high
-    centred = V.paired_bootstrap(0.1 * rng.standard_normal(50))
+    centred = V.bootstrap_mean(0.1 * rng.standard_normal(50))
     assert not centred.positive and not centred.negative
-    single = V.paired_bootstrap([1.0, math.nan])
+    single = V.bootstrap_mean([1.0, math.nan])
     assert single.n == 1 and single.low == -math.inf
 
 
