@@ -679,7 +679,7 @@ def slope_estimate(x, y, level: float = 0.95) -> Estimate:
 # ---------------------------------------------------------------------------------------------- B.3.1
 def toy_order_figure(phases: Mapping[str, int | bool | None], seed_ordered: Sequence[bool], control_ordered: bool,
                      thresholds: Mapping[str, float]) -> Judgement:
-    """Figure B.3.1 from :func:`chaosnb.analysis.toy_phase_steps` outcomes: the path shows the stages in order
+    """Figure B.3.1 from :func:`chaosnb.toy.toy_phase_steps` outcomes: the path shows the stages in order
     (negative curvature carries the gradient, then positive, then negative again near the x-minimum); the same
     order holds for at least ``seed_fraction`` of the noise seeds; and the criterion discriminates: on the
     noise-free path along the ridge y = 0, where the surface gives the y-direction no gradient and the order must

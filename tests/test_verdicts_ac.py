@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from chaosnb import verdicts as V
-from chaosnb.analysis import toy_phase_steps
 from chaosnb.config import RunConfig
 from chaosnb.experiments import load_profile
 from chaosnb.subspace import overlap, random_orthonormal_basis, random_overlap_monte_carlo
-from chaosnb.toy import sgd_path
+from chaosnb.toy import sgd_path, toy_phase_steps
 from chaosnb.train import RunResult
 
 TH = load_profile("quick")["verdicts"]
