@@ -191,10 +191,10 @@ class Training:
     def advance(self) -> None:
         """Take one training step (all models), recording what the configuration asks for.
 
-        The loop itself: the step's batch, then each model's step (:meth:`_model_step`) with its per-step observers
+        The loop itself: the step's batch, then each model's step (``_model_step``) with its per-step observers
         (spectrum metrics, CGD's pruning count, the tangent map) for the first model, then the losses, then the
-        observers of the finished step (:meth:`_observe_step`: finite-time spectra, evaluation, distances). Any
-        non-finite quantity ends the run (:meth:`_diverge`)."""
+        observers of the finished step (``_observe_step``: finite-time spectra, evaluation, distances). Any
+        non-finite quantity ends the run (``_diverge``)."""
         c, t = self.config, self.step
         start = time.perf_counter()
         if t == 0:

@@ -95,11 +95,11 @@ PRUNING_CHECKS = {
 }
 
 
-PanelRuns = Mapping[str, RunResult]
-"""The runs of one pruning panel (or of Figure 2) for one seed, by name."""
+# the runs of one pruning panel (or of Figure 2) for one seed, by name
+_PanelRuns = Mapping[str, RunResult]
 
 
-def seed_panels(results: PanelRuns | Sequence[PanelRuns]) -> list[PanelRuns]:
+def seed_panels(results: _PanelRuns | Sequence[_PanelRuns]) -> list[_PanelRuns]:
     """One panel's runs (a mapping name -> RunResult) or a sequence of them, one per seed, as a list."""
     panels = [results] if isinstance(results, Mapping) else list(results)
     if not panels:
@@ -198,7 +198,7 @@ def _seeds_limit(n: int) -> str:
             "only when the whole interval clears its margin")
 
 
-def pruning_figure(figure: str, results: PanelRuns | Sequence[PanelRuns], window: int,
+def pruning_figure(figure: str, results: _PanelRuns | Sequence[_PanelRuns], window: int,
                    thresholds: Mapping[str, float]) -> Judgement:
     """Verdict of a pruning figure (Figure 1, B.1.1-B.1.5) from its runs ``sgd``, ``chaotic``, ``neg``, ``pos``,
     one mapping per seed (or one mapping: a single seed).
@@ -498,7 +498,7 @@ def extreme_overlap_figure(figure: str, claim: str, results: Mapping[str, RunRes
 
 
 # ---------------------------------------------------------------------------------------------- main text (Figs. 2, 3)
-def pruning_start_figure(results: PanelRuns | Sequence[PanelRuns], window: int,
+def pruning_start_figure(results: _PanelRuns | Sequence[_PanelRuns], window: int,
                          thresholds: Mapping[str, float]) -> Judgement:
     """Figure 2: the later chaos pruning starts, the better the final accuracy. Checks: each consecutive pair of
     SGD > latest start > ... > earliest start is ordered (final smoothed training accuracy), and the whole spread
