@@ -7,8 +7,11 @@ decided at the profile's horizon (for example when SGD itself has not started to
 nothing). Thresholds come from the profile's ``verdicts`` section (``profiles.yaml``, where each is explained).
 Notebooks call these functions and display / glue the result; no criterion is written in a notebook.
 
-Implemented so far: the pruning figures (main-text Figure 1, Figures B.1.1-B.1.5) and the eigenspace figures
-(B.2.1-B.2.7), whose trends and differences count only when their confidence interval excludes 0.
+Sections, in this order: the pruning figures (main-text Figure 1, Figures B.1.1-B.1.5) and Figure 2, with paired
+bootstrap intervals over seeds; the eigenspace figures (B.2.1-B.2.7), whose trends and differences count only when
+their confidence interval excludes 0; Figure 3; the theorems of appendix A, the toy of B.3.1, the Lyapunov figures
+C.1.1-C.1.3 and the subspace overlaps of C.2.1; the perturbation figures C.3.1-C.5.1; the paper's numerics beside
+the exact ones (B.2.2, Figure 1, C.1.2).
 """
 
 from __future__ import annotations
