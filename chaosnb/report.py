@@ -42,6 +42,7 @@ class Verdict:
     reason: str
     profile: str
     page: str
+    seeds: int = 1
 
     def markdown(self) -> str:
         """The verdict box of a page: an anchor, the badge, the paper's claim, the measurement and the criterion."""
@@ -61,11 +62,12 @@ def _slug(figure: str) -> str:
 
 
 def verdict(figure: str, claim: str, measured: str, status: str, reason: str, profile: str, page: str,
-            display: bool = True) -> Verdict:
-    """Record and display the verdict for one figure (status: reproduced | partly | not reproduced)."""
+            display: bool = True, seeds: int = 1) -> Verdict:
+    """Record and display the verdict for one figure (status: reproduced | partly | not reproduced); ``seeds``:
+    how many independent training seeds it rests on."""
     if status not in STATUSES:
         raise ValueError(f"unknown verdict status {status!r}; valid: {', '.join(STATUSES)}")
-    v = Verdict(figure, claim, measured, status, reason, profile, page)
+    v = Verdict(figure, claim, measured, status, reason, profile, page, int(seeds))
     folder = verdict_dir()
     if folder is not None:
         from chaosnb.runs import atomic_write_json
@@ -82,7 +84,7 @@ def verdict(figure: str, claim: str, measured: str, status: str, reason: str, pr
 def record(judgement, profile: str, page: str, display: bool = True) -> Verdict:
     """Record and display a :class:`chaosnb.verdicts.Judgement` (the criterion computed by the package)."""
     return verdict(judgement.figure, judgement.claim, judgement.measured, judgement.status, judgement.reason,
-                   profile, page, display)
+                   profile, page, display, getattr(judgement, "seeds", 1))
 
 
 def load_verdicts(folder: Path | None = None) -> list[Verdict]:
@@ -101,12 +103,13 @@ def _natural(text: str) -> list:
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    """HTML table: figure, claim, verdict, profile, link to the verdict box on the page that shows it."""
+    """HTML table: figure, claim, verdict, seeds, profile, link to the verdict box on the page that shows it."""
     from html import escape
 
-    head = "<tr><th>figure</th><th>claim of the paper</th><th>verdict</th><th>profile</th><th>page</th></tr>"
+    head = ("<tr><th>figure</th><th>claim of the paper</th><th>verdict</th><th>seeds</th><th>profile</th>"
+            "<th>page</th></tr>")
     rows = [f"<tr><td>{escape(v.figure)}</td><td>{escape(v.claim)}</td><td>{badge(v.status)}</td>"
-            f"<td><code>{escape(v.profile)}</code></td>"
+            f"<td>{v.seeds}</td><td><code>{escape(v.profile)}</code></td>"
             f"<td><a href=\"{escape(v.page)}.html#{verdict_anchor(v.figure)}\">{escape(v.page)}</a></td></tr>"
             for v in verdicts]
     return f"<table class=\"table\">{head}{''.join(rows)}</table>"

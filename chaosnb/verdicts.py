@@ -16,6 +16,7 @@ the exact ones (B.2.2, Figure 1, C.1.2).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Judgement:
     criterion: str
     measured: str
     limits: str = ""
+    seeds: int = 1  # independent training seeds behind the verdict (shown on the front page)
 
     @property
     def reason(self) -> str:
@@ -236,7 +238,8 @@ def pruning_figure(figure: str, results: _PanelRuns | Sequence[_PanelRuns], wind
     if any(c.passed is None for c in checks):
         limits += f"; SGD gains less than {thresholds['sgd_min_gain']:g} accuracy in {stats[0].steps} steps, so " \
                   "comparisons with it are not testable at this profile"
-    return Judgement(figure, PRUNING_CLAIMS[figure], combine(checks), checks, criterion, measured, limits)
+    judgement = Judgement(figure, PRUNING_CLAIMS[figure], combine(checks), checks, criterion, measured, limits)
+    return dataclasses.replace(judgement, seeds=len(panels))
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -356,6 +359,11 @@ def across_seeds(runs: Sequence[RunResult], estimate, level: float) -> Estimate:
     return paired_bootstrap([e.value for e in ests], level=level)
 
 
+def _num_seeds(results: Mapping[str, RunResult | Sequence[RunResult]]) -> int:
+    """The most seeds any named run of a figure has."""
+    return max((len(seed_runs(v)) for v in results.values()), default=1)
+
+
 def seed_runs(value: RunResult | Sequence[RunResult]) -> list[RunResult]:
     """A run, or its seeds' runs, as a list."""
     return [value] if isinstance(value, RunResult) else list(value)
@@ -419,11 +427,12 @@ def edge_count_figure(figure: str, claim: str, results: Mapping[str, RunResult |
                             f"{frac:.1%} of {finite.size} spectra, max count {most}, largest eigenvalue {top:.3g} x "
                             "2/lr"))
     lrs = sorted({seed_runs(v)[0].config.lr for v in results.values()})
-    return Judgement(figure, claim, combine(checks), tuple(checks),
+    judgement = Judgement(figure, claim, combine(checks), tuple(checks),
                      "reproduced if every run stays below the edge in all but a small fraction of its spectra (all "
                      "seeds' spectra pooled)", "; ".join(c.measured for c in checks),
                      f"{_seed_note(results)}; learning rates {', '.join(f'{lr:g}' for lr in lrs)} (2/lr "
                      f"{', '.join(f'{2 / lr:g}' for lr in lrs)}, the paper's 2000 at lr 1e-3)")
+    return dataclasses.replace(judgement, seeds=_num_seeds(results))
 
 
 def count_trend_figure(figure: str, claim: str, results: Mapping[str, RunResult | Sequence[RunResult]], level: float,
@@ -447,10 +456,11 @@ def count_trend_figure(figure: str, claim: str, results: Mapping[str, RunResult 
             rises, relaxes = all(a for a, _ in shapes), all(b for _, b in shapes)
             ok, measured = rises and relaxes, measured + f"; rises {rises}, relaxes {relaxes}"
         checks.append(Check(f"{name}: {COUNT_EXPECTATIONS[kind]}", bool(ok), measured))
-    return Judgement(figure, claim, combine(checks), tuple(checks),
+    judgement = Judgement(figure, claim, combine(checks), tuple(checks),
                      f"per run, the paper's statement for that run type, with trends counted only when their "
                      f"{level:.0%} interval (corrected for autocorrelation) excludes 0",
                      "; ".join(f"{c.name.split(':')[0]}: {c.measured}" for c in checks), _seed_note(results))
+    return dataclasses.replace(judgement, seeds=_num_seeds(results))
 
 
 def mean_overlap_figure(figure: str, claim: str, results: Mapping[str, RunResult | Sequence[RunResult]],
@@ -467,10 +477,11 @@ def mean_overlap_figure(figure: str, claim: str, results: Mapping[str, RunResult
             slope = across_seeds(runs, lambda r, m=metric: trend_estimate(r, m, level), level)
             checks.append(Check(f"{name}: {label} overlap decreases", slope.negative,
                                 f"trend {slope.text()} per 1000 steps"))
-    return Judgement(figure, claim, combine(checks), tuple(checks),
+    judgement = Judgement(figure, claim, combine(checks), tuple(checks),
                      f"every (run, check) pair must hold for reproduced, some for partly; each difference and trend "
                      f"counts only when its {level:.0%} interval (corrected for autocorrelation) excludes 0",
                      "; ".join(f"{c.name}: {c.measured}" for c in checks), _seed_note(results))
+    return dataclasses.replace(judgement, seeds=_num_seeds(results))
 
 
 def _early_late_drop(res: RunResult, level: float) -> Estimate:
@@ -494,10 +505,11 @@ def extreme_overlap_figure(figure: str, claim: str, results: Mapping[str, RunRes
                    Check(f"{name}: top overlap increases", slope.positive, f"trend {slope.text()} per 1000 steps"),
                    Check(f"{name}: most-negative overlap drops early", drop.positive,
                          f"first quarter - second half {drop.text()}")]
-    return Judgement(figure, claim, combine(checks), tuple(checks),
+    judgement = Judgement(figure, claim, combine(checks), tuple(checks),
                      f"every (run, check) pair must hold for reproduced, some for partly; each difference and trend "
                      f"counts only when its {level:.0%} interval (corrected for autocorrelation) excludes 0",
                      "; ".join(f"{c.name}: {c.measured}" for c in checks), _seed_note(results))
+    return dataclasses.replace(judgement, seeds=_num_seeds(results))
 
 
 # ---------------------------------------------------------------------------------------------- main text (Figs. 2, 3)
@@ -529,9 +541,10 @@ def pruning_start_figure(results: _PanelRuns | Sequence[_PanelRuns], window: int
                         f"{spread.value:+.3f}" + (f" {spread.text()}{seeds}" if seeds else "")))
     measured = "final smoothed mini-batch accuracy" + (f" (mean of {len(panels)} seeds): " if seeds else ": ") + \
         ", ".join(f"{label[n]} {mean[n]:.3f}" for n in chain)
-    return Judgement("Figure 2", claim, combine(checks), tuple(checks),
+    judgement = Judgement("Figure 2", claim, combine(checks), tuple(checks),
                      f"each consecutive pair ordered and the whole spread at least the margin (means over the last "
                      f"{window} steps)", measured, _seeds_limit(len(panels)))
+    return dataclasses.replace(judgement, seeds=len(panels))
 
 
 def _order_divergence_series(result: RunResult) -> tuple[np.ndarray, np.ndarray]:

@@ -85,6 +85,8 @@ def test_verdict_badges_are_text_and_anchored():
     assert v.markdown().startswith('<span id="verdict-figure-1"></span>**Verdict for Figure 1')
     assert '<a href="main_figures.html#verdict-figure-1">' in verdict_table([v])
     assert "verdict-not-reproduced" in verdict_table([v])
+    three = Verdict("Figure 2", "claim", "measured", "partly", "why", "smoke", "main_figures", seeds=3)
+    assert "<th>seeds</th>" in verdict_table([v, three]) and "<td>3</td>" in verdict_table([three])
     import pytest
 
     with pytest.raises(ValueError, match="unknown verdict status"):

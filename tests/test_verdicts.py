@@ -335,6 +335,7 @@ def test_seeded_pruning_verdict_needs_every_seed_past_the_margin():
     assert j.status == V.NOT_REPRODUCED, j.reason
     assert "gap +0.263 [+0.00974, +0.389]" in j.checks[0].measured and "3 seeds" in j.checks[0].measured
     assert V.pruning_figure("Figure B.1.1", one_bad[:1], WINDOW, TH).status == V.REPRODUCED  # one seed would pass
+    assert (j.seeds, V.pruning_figure("Figure B.1.1", one_bad[:1], WINDOW, TH).seeds) == (3, 1)
 
 
 def test_seeded_crash_and_fast_checks():
@@ -372,7 +373,7 @@ def test_seeded_pruning_start_verdict_flips():
 def test_seeded_count_trend_needs_the_trend_in_every_seed():
     up = [count_run(1.0, -1.0, seed=s) for s in (0, 2, 4)]
     j = V.count_trend_figure("Figure B.2.2", "claim", {"USPS MLP sigmoid": up}, LEVEL)
-    assert j.status == V.REPRODUCED and "USPS MLP sigmoid 3" in j.limits, j.reason
+    assert j.status == V.REPRODUCED and "USPS MLP sigmoid 3" in j.limits and j.seeds == 3, j.reason
     one_down = up[:2] + [count_run(-1.0, 1.0, seed=6)]
     assert V.count_trend_figure("Figure B.2.2", "claim", {"USPS MLP sigmoid": one_down}, LEVEL).status == \
         V.NOT_REPRODUCED
