@@ -1027,10 +1027,7 @@ def bootstrap_mean(diffs, level: float = 0.95, n_boot: int = 4000, seed: int = 0
     if x.size < 2:
         value = float(x.mean()) if x.size else math.nan
         return Estimate(value, -math.inf, math.inf, int(x.size), float(x.size))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return Estimate(float(x.mean()), float(low), float(high), int(x.size), float(x.size))
+    return paired_bootstrap(x, level=level, n_boot=n_boot, seed=seed)
 
 
 def _log_growth(result: RunResult, step: int | None = None) -> dict[str, float]:
