@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import grad, jacrev, vjp, vmap
 
-from chaosnb.piecewise_linear import is_piecewise_linear, piecewise_linear_hessian
+from chaosnb.piecewise_linear import is_piecewise_linear, piecewise_linear_hessian, subspace_hessian
 
 METHODS = ("dense", "lowrank")
 DEFAULT_RTOL = 1e-5
@@ -499,13 +499,48 @@ def hessian_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
     raise ValueError(f"unknown spectrum method {method!r}; valid methods are: {', '.join(METHODS)}")
 
 
+def subspace_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, subspace: InputSubspace, *,
+                      rtol: float = DEFAULT_RTOL, atol: float | None = None, range_rtol: float | None = None,
+                      compute_dtype: torch.dtype | None = torch.float64) -> Spectrum:
+    """Exact low-rank spectrum of a piecewise-linear network's mini-batch Hessian from its input subspace P.
+
+    H = P M P^T with M = P^T H P (d x d, :func:`chaosnb.piecewise_linear.subspace_hessian`: d - n_max
+    Hessian-vector products and one Gauss-Newton block, no random probe, no certificate needed: the identity is
+    exact). M = W diag(lambda) W^T by :func:`symmetric_eigh`; the pairs with |lambda| > ``range_rtol`` max|lambda|
+    (default 1e3 eps, the sketch's range threshold) are kept as (lambda, P W), the rest of R^N is the implicit
+    zero eigenspace. Deterministic; the same Spectrum fields as :func:`lowrank_spectrum` (``info["probes"]`` =
+    the products taken)."""
+    theta = theta.detach()
+    if compute_dtype is not None:
+        theta = theta.to(compute_dtype)
+    dtype = theta.dtype
+    if range_rtol is None:
+        range_rtol = 1e3 * torch.finfo(dtype).eps
+    m, products = subspace_hessian(flat, theta, x.to(dtype), y, subspace)
+    if not bool(torch.isfinite(m).all()):
+        raise HessianDiverged("Hessian-vector products are non-finite")
+    lam, w, solver = symmetric_eigh(m)
+    scale = float(lam.abs().max()) if lam.numel() else 0.0
+    keep = lam.abs() > range_rtol * scale
+    lam, vecs = lam[keep], subspace.up(w[:, keep])
+    info = {"probes": products, "range_dim": int(keep.sum()), "fallback": False, "solver": solver,
+            "subspace_dim": subspace.dim, "structure": "piecewise-linear, input subspace"}
+    return Spectrum(lam, vecs, theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
+
+
 def minibatch_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                        method: str = "lowrank", **kwargs) -> Spectrum:
     """Spectrum of the mini-batch loss L_B(theta) of a :class:`chaosnb.models.FlatModel`; the low-rank method
-    works in the model's :func:`input_subspace` when it has one (the MLP); the dense method builds the Hessian of
-    a piecewise-linear network from about half its columns (:mod:`chaosnb.piecewise_linear`)."""
+    works in the model's :func:`input_subspace` when it has one (the MLP): for a piecewise-linear network it
+    eigendecomposes the exact P^T H P (:func:`subspace_spectrum`), otherwise it sketches range(H) inside P
+    (:func:`lowrank_spectrum`); the dense method builds the Hessian of a piecewise-linear network from about half
+    its columns (:mod:`chaosnb.piecewise_linear`)."""
     if method == "lowrank" and kwargs.get("single_pass", True) and "subspace" not in kwargs:
         kwargs["subspace"] = input_subspace(flat, x, kwargs.get("compute_dtype", torch.float64) or theta.dtype)
+        if kwargs["subspace"] is not None and is_piecewise_linear(flat.module) and "hvp" not in kwargs:
+            return subspace_spectrum(flat, theta, x, y, kwargs["subspace"], rtol=kwargs.get("rtol", DEFAULT_RTOL),
+                                     atol=kwargs.get("atol"), range_rtol=kwargs.get("range_rtol"),
+                                     compute_dtype=kwargs.get("compute_dtype", torch.float64))
     if method == "dense" and is_piecewise_linear(flat.module):
         h = piecewise_linear_hessian(flat, theta, x, y)
         return spectrum_from_matrix(h, kwargs.get("rtol", DEFAULT_RTOL), kwargs.get("atol"))

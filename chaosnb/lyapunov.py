@@ -448,9 +448,9 @@ class TangentMap:
         e = int(torch.frexp(m)[1]) if float(m) > 0.0 else 0
         return _ldexp(y, -e), shift + e * LN2
 
-    def lyapunov(self, tol: float = 0.0, method: str = "auto") -> FiniteTimeLyapunov:
+    def lyapunov(self, tol: float = 0.0, method: str = "auto", vectors: bool = True) -> FiniteTimeLyapunov:
         """The finite-time exponents of Y_t (see :func:`finite_time_lyapunov`)."""
-        return finite_time_lyapunov(self, tol, method)
+        return finite_time_lyapunov(self, tol, method, vectors)
 
     def structured_applicable(self, strict: bool = True) -> bool:
         """Whether the structured (low-rank Y_t - I) path can be used: the true Y_t is representable
@@ -543,7 +543,7 @@ class FiniteTimeLyapunov:
     """
 
     exponents: torch.Tensor
-    vectors: torch.Tensor
+    vectors: torch.Tensor | None
     t: int
     resolution: float
     tol: float = 0.0
@@ -606,7 +606,7 @@ class FiniteTimeLyapunov:
         if self.errors is not None:
             return self.errors
         gap = self.t * (self.exponents[0] - self.exponents)
-        return torch.log1p(self.vectors.shape[0] * EPS64 * torch.exp(gap)) / self.t
+        return torch.log1p(self.exponents.numel() * EPS64 * torch.exp(gap)) / self.t
 
     @property
     def exponent_sum(self) -> float:
@@ -633,21 +633,27 @@ class FiniteTimeLyapunov:
             x = torch.where(finite, x, x[finite].min())
         return x
 
+    def _require_vectors(self) -> torch.Tensor:
+        if self.vectors is None:
+            raise ValueError("this finite-time spectrum was computed without eigenvectors (vectors=False); "
+                             "call TangentMap.lyapunov(..., vectors=True) for subspaces and directions")
+        return self.vectors
+
     def chaotic_subspace(self) -> torch.Tensor:
         """Orthonormal basis (columns) of V_chaotic(t): eigenvectors of L_t with eigenvalue > 1."""
-        return self.vectors[:, self.chaotic_mask]
+        return self._require_vectors()[:, self.chaotic_mask]
 
     def non_chaotic_subspace(self) -> torch.Tensor:
         """Orthonormal basis (columns) of V_non-chaotic(t), the orthogonal complement of V_chaotic(t)."""
-        return self.vectors[:, ~self.chaotic_mask]
+        return self._require_vectors()[:, ~self.chaotic_mask]
 
 
-def finite_time_exponents(y: torch.Tensor, t: int, log_scale: float = 0.0, tol: float = 0.0
-                          ) -> FiniteTimeLyapunov:
+def finite_time_exponents(y: torch.Tensor, t: int, log_scale: float = 0.0, tol: float = 0.0,
+                          vectors: bool = True) -> FiniteTimeLyapunov:
     """Finite-time exponents of the tangent map Y_t = y * exp(log_scale) after t steps.
 
     Computed from the SVD of ``y`` (never forming Y^T Y, which would square the condition number) as
-    (log sigma_i(y) + log_scale) / t.
+    (log sigma_i(y) + log_scale) / t; ``vectors=False``: the singular values only (``vectors`` None).
     """
     if t <= 0:
         raise ValueError("finite-time exponents need t >= 1 steps")
@@ -656,15 +662,19 @@ def finite_time_exponents(y: torch.Tensor, t: int, log_scale: float = 0.0, tol: 
         raise ValueError("y must be a matrix")
     if not bool(torch.isfinite(y).all()):
         raise ValueError("y has inf/nan entries; pass the scaled tangent map and its log_scale instead")
-    _, s, vh = torch.linalg.svd(y, full_matrices=False)
+    if vectors:
+        _, s, vh = torch.linalg.svd(y, full_matrices=False)
+    else:
+        s, vh = torch.linalg.svdvals(y), None
     threshold = float(s[0]) * y.shape[1] * EPS64
     exponents = (torch.log(s) + log_scale) / t
     exponents[s < threshold] = -math.inf
     resolution = (math.log(threshold) + log_scale) / t if threshold > 0 else -math.inf
-    return FiniteTimeLyapunov(exponents, vh.T.contiguous(), int(t), resolution, float(tol), "full")
+    basis = None if vh is None else vh.T.contiguous()
+    return FiniteTimeLyapunov(exponents, basis, int(t), resolution, float(tol), "full")
 
 
-def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str = "auto"
+def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str = "auto", vectors: bool = True
                          ) -> FiniteTimeLyapunov:
     """Finite-time exponents of a :class:`TangentMap` (no overflow at any horizon).
 
@@ -686,6 +696,12 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
     2 (k + STRUCTURED_OVERSAMPLING) < N / 2, else ``"gram"`` (``_gram_exponents``: eigenvalues of
     L_t = Y^T Y and only the eigenvectors the engine needs) when the spectrum is narrow enough for it, else
     the graded path.
+
+    ``vectors=False`` asks for the exponents only (with their error estimates, chaotic dimension and
+    resolution): the gram path then stops after the eigenvalues of L_t (one ``eigvalsh``, no inertia count, no
+    eigenvector) and the full path after the singular values; ``vectors`` of the result is None and the subspace
+    methods raise. The exponents equal those of the same path with vectors up to the rounding of another LAPACK
+    driver. The structured and graded paths need their vectors on the way and return them.
     """
     if method not in LYAPUNOV_METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(LYAPUNOV_METHODS)}")
@@ -698,9 +714,9 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
         return _structured_exponents(tangent_map, tol)
     if method == "full":
         y, log_scale = tangent_map.scaled()
-        return finite_time_exponents(y, tangent_map.t, log_scale, tol)
+        return finite_time_exponents(y, tangent_map.t, log_scale, tol, vectors)
     if method in ("auto", "gram"):
-        fast = _gram_exponents(tangent_map, tol)
+        fast = _gram_exponents(tangent_map, tol, vectors)
         if fast is not None:
             return fast
         if method == "gram":
@@ -868,7 +884,7 @@ def _count_above(lower: torch.Tensor, c: float) -> int:
     return count
 
 
-def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov | None:
+def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = True) -> FiniteTimeLyapunov | None:
     """The fast path of :func:`finite_time_lyapunov` when the spectrum is narrow (None when it does not apply).
 
     L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats; lower triangle only,
@@ -882,7 +898,8 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     The other columns of ``vectors`` are an orthonormal basis of the rest of the
     non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
     perturbation strategies only need that span. Returns None (caller takes the graded path) if any
-    eigenvalue is at the noise floor or the spread is too wide.
+    eigenvalue is at the noise floor or the spread is too wide. ``want_vectors=False``: the Gram matrix and
+    ``eigvalsh`` only (no inertia count, no eigenvector; ``vectors`` None).
     """
     n, t = tangent_map.num_params, tangent_map.t
     w, rho, tt = tangent_map._w, tangent_map._rho, tangent_map._tt
@@ -906,7 +923,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     # The count only picks the branch; the exponents and k below are computed the same way in both.
     c = math.exp(min(2.0 * t * tol - 2.0 * shift, 700.0)) * (1.0 - 1e-6)
     vectors = None
-    if n > 4 * limit and _count_above(gram, c) > limit:
+    if want_vectors and n > 4 * limit and _count_above(gram, c) > limit:
         lam, vectors = torch.linalg.eigh(gram)
     else:
         lam = torch.linalg.eigvalsh(gram)  # ascending
@@ -917,6 +934,8 @@ def _gram_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov |
     rel = tangent_map.relative_error
     err = (torch.log1p(n * EPS64 * top / lam) + 2.0 * math.log1p(rel)) / (2.0 * t)
     exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
+    if not want_vectors:
+        return FiniteTimeLyapunov(exponents, None, int(t), -math.inf, float(tol), "gram", err)
     k = max(1, int(((exponents + err) > tol).sum()))
     if vectors is not None or k > limit:  # many vectors: all of them from one symmetric eigensolver
         vectors = (torch.linalg.eigh(gram)[1] if vectors is None else vectors).flip(1)
@@ -1096,9 +1115,10 @@ class Float32TangentMap:
             raise FloatingPointError("float32 tangent map: non-finite entries")
         self.t += 1
 
-    def lyapunov(self, tol: float = 0.0, method: str = "float32") -> FiniteTimeLyapunov:
+    def lyapunov(self, tol: float = 0.0, method: str = "float32", vectors: bool = True) -> FiniteTimeLyapunov:
         """Exponents (1 / 2t) log eig(Y^T Y) from a float32 ``eigh`` (descending; eig <= 0 gives -inf), every
-        error estimate 0, so ``chaotic_dim`` counts exponents > tol exactly as the authors did."""
+        error estimate 0, so ``chaotic_dim`` counts exponents > tol exactly as the authors did. ``vectors`` is
+        accepted for the engine's signature and ignored: the authors' one ``eigh`` gives the vectors anyway."""
         if self.t <= 0:
             raise ValueError("finite-time exponents need t >= 1 steps")
         lam, vecs = torch.linalg.eigh(self._y.T @ self._y)

@@ -78,3 +78,49 @@ def piecewise_linear_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torc
     h[:, others] = columns.T
     h[start:start + size, start:start + size] = torch.einsum("bcn,bcm->nm", jac, aj)
     return 0.5 * (h + h.T)
+
+
+def subspace_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, subspace
+                     ) -> tuple[torch.Tensor, int]:
+    """(P^T H P, number of Hessian-vector products) for the :class:`chaosnb.curvature.InputSubspace` P of a
+    piecewise-linear network: H = P (P^T H P) P^T exactly, since range(H) lies in range(P).
+
+    The same theorem as :func:`piecewise_linear_hessian`, in P's d coordinates: each affine layer's parameters map
+    to a block of coordinates (its first-layer weights to rows x s), the layer with the most coordinates gets its
+    diagonal block from the Gauss-Newton part (the logit Jacobian in its coordinates), every other coordinate
+    from one Hessian-vector product P^T H P e_i. For the paper's MLP at batch 8 (d = 390): 180 products and a
+    210-column Gauss-Newton block, against the ~264 products of the sketch and N = 5,350 of the dense Hessian."""
+    if not is_piecewise_linear(flat.module):
+        raise ValueError("subspace_hessian needs a piecewise-linear network (see piecewise_linear_hessian)")
+    theta = theta.detach()
+    x = x.to(theta.dtype)
+    d, dev = subspace.dim, theta.device
+    w1_end = subspace.offset + subspace.rows * subspace.cols
+    shrink = subspace.rows * (subspace.cols - subspace.basis.shape[1])  # coordinates P drops
+    coords = []  # each layer's block in P's coordinates
+    for start, size in layer_blocks(flat):
+        end = start + size
+        inside = start <= subspace.offset and w1_end <= end  # the block holds the first layer's weights
+        coords.append((start - (shrink if start >= w1_end else 0), size - (shrink if inside else 0)))
+    start, size = max(coords, key=lambda b: b[1])
+    others = torch.cat([torch.arange(0, start, device=dev), torch.arange(start + size, d, device=dev)])
+    loss = flat.loss_fn(x, y)
+    _, hvp = vjp(grad(loss), theta)
+    unit = torch.zeros(d, len(others), dtype=theta.dtype, device=dev)
+    unit[others, torch.arange(len(others), device=dev)] = 1.0
+    columns = subspace.down(vmap(hvp)(subspace.up(unit).T)[0].T) if len(others) else unit  # (d, k)
+
+    def logits_in_block(part: torch.Tensor) -> torch.Tensor:
+        z = torch.zeros(d, 1, dtype=theta.dtype, device=dev)
+        z = torch.cat([z[:start], part[:, None], z[start + size:]])
+        return flat.forward(theta + subspace.up(z)[:, 0], x)
+
+    jac = jacrev(logits_in_block)(torch.zeros(size, dtype=theta.dtype, device=dev))  # (B, C, size)
+    p = torch.softmax(flat.forward(theta, x), dim=-1)
+    batch = x.shape[0]
+    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / batch
+    h = torch.empty(d, d, dtype=theta.dtype, device=dev)
+    h[:, others] = columns
+    h[others] = columns.T
+    h[start:start + size, start:start + size] = torch.einsum("bcn,bcm->nm", jac, aj)
+    return 0.5 * (h + h.T), len(others)

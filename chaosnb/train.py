@@ -287,8 +287,12 @@ class Training:
         self.recorder.add("distance", step, [float((p.detach() - base).norm()) for p in self.params[1:]])
 
     def _record_lyapunov(self, done: int) -> None:
+        """The finite-time spectrum at step ``done``. Eigenvectors only where something reads them: the chaotic
+        subspace at a snapshot step and after one (C.2.1's overlaps) and the perturbation directions at the last
+        step; every other point records exponents only (``vectors=False``: no eigenvector, ~2-3x cheaper)."""
         c = self.config
-        ftle = self.tangent.lyapunov(tol=c.lyapunov_tol)
+        need_vectors = done == c.steps or done in c.snapshot_steps or bool(self.snapshots)
+        ftle = self.tangent.lyapunov(tol=c.lyapunov_tol, vectors=need_vectors)
         rec = self.recorder
         rec.add("ftle_max", done, ftle.max_exponent)
         rec.add("ftle_min", done, ftle.min_exponent)
@@ -297,6 +301,8 @@ class Training:
         rec.add("ftle_resolution", done, ftle.resolution)
         rec.add("chaotic_dim", done, ftle.chaotic_dim)
         rec.add("non_chaotic_dim", done, ftle.non_chaotic_dim)
+        if not need_vectors:
+            return
         chaotic = ftle.chaotic_subspace()
         for s0, basis in self.snapshots.items():
             rec.add(f"overlap_from_{s0}", done, overlap(basis, chaotic) if chaotic.shape[1] and basis.shape[1]

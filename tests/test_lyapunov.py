@@ -782,3 +782,55 @@ def test_gram_path_at_the_lanczos_edge_keeps_every_chaotic_vector(extra):
     for i in (0, n - 1):
         assert abs(float(fast.vectors[:, i] @ full.vectors[:, i])) > 1 - 1e-8
     assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_exponents_only_equal_the_full_svd_and_carry_no_vectors(momentum):
+    """vectors=False (the engine's points without a snapshot): the gram path's exponents, error estimates,
+    chaotic dimension and its certainty agree with the full SVD; the full path's singular values alone equal
+    its SVD's; neither returns vectors, and asking for a subspace says what to call instead."""
+    n = 300
+    tm = TangentMap(n, 0.05, momentum)
+    gen = torch.Generator().manual_seed(22)
+    for _ in range(40):
+        vecs, _ = torch.linalg.qr(torch.randn(n, 12, generator=gen, dtype=F64))
+        tm.step((8.0 * torch.rand(12, generator=gen, dtype=F64) - 1.0, vecs))
+    full = tm.lyapunov(method="full")
+    values, with_vectors = tm.lyapunov(vectors=False), tm.lyapunov()
+    assert values.method == with_vectors.method == "gram" and values.vectors is None
+    assert torch.all((values.exponents - full.exponents).abs() <= values.error_estimate + full.error_estimate)
+    assert torch.allclose(values.error_estimate, with_vectors.error_estimate, rtol=1e-6, atol=0)
+    assert values.chaotic_dim == with_vectors.chaotic_dim == full.chaotic_dim > 0
+    assert values.chaotic_dim_certain == full.chaotic_dim_certain
+    assert values.max_exponent == pytest.approx(full.max_exponent, rel=1e-12)
+    full_values = tm.lyapunov(method="full", vectors=False)
+    assert full_values.vectors is None
+    assert torch.allclose(full_values.exponents, full.exponents, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="vectors=True"):
+        values.chaotic_subspace()
+
+
+def test_training_computes_eigenvectors_only_where_they_are_read(monkeypatch):
+    """A run records exponents at every tangent step but asks for eigenvectors only at snapshot steps, after
+    the first snapshot (overlaps) and at the last step (perturbation directions)."""
+    from chaosnb.config import RunConfig
+    from chaosnb.train import Training
+
+    asked = []
+    original = TangentMap.lyapunov
+
+    def spy(self, tol=0.0, method="auto", vectors=True):
+        asked.append((self.t, vectors))
+        return original(self, tol, method, vectors)
+
+    monkeypatch.setattr(TangentMap, "lyapunov", spy)
+    for snapshots, expected in [((), [(1, False), (2, False), (4, True)]),
+                                ((2,), [(1, False), (2, True), (4, True)])]:
+        asked.clear()
+        config = RunConfig(model="mlp", steps=4, lr=1e-2, tangent_steps=(1, 2, 4), snapshot_steps=snapshots)
+        tr = Training(config)
+        while not tr.finished:
+            tr.advance()
+        assert asked == expected
+        result = tr.result()
+        assert len(result.series("chaotic_dim")[0]) == 3 and result.arrays["directions"].shape[0] > 0
