@@ -694,8 +694,9 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
     the full path's (sigma_max N eps). It needs the true Y_t to be representable
     (:meth:`TangentMap.structured_applicable`), else ValueError. ``"auto"`` (the default) takes it when also
     2 (k + STRUCTURED_OVERSAMPLING) < N / 2, else ``"gram"`` (``_gram_exponents``: eigenvalues of
-    L_t = Y^T Y and only the eigenvectors the engine needs) when the spectrum is narrow enough for it, else
-    the graded path.
+    L_t = Y^T Y and only the eigenvectors the engine needs) when the spectrum is narrow enough for it, else the
+    full path when its singular values are all resolved (``_resolved_full_exponents``: ~23 nats of spread, twice
+    the Gram matrix's, for one SVD), else the graded path.
 
     ``vectors=False`` asks for the exponents only (with their error estimates, chaotic dimension and
     resolution): the gram path then stops after the eigenvalues of L_t (one ``eigvalsh``, no inertia count, no
@@ -722,6 +723,10 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
         if method == "gram":
             raise ValueError("the gram path does not apply here (spectrum too wide or too many chaotic "
                              "directions); use method='graded'")
+        if tangent_map.structured_applicable(strict=False):  # Y_t representable: the SVD may resolve it all
+            wide = _resolved_full_exponents(tangent_map, tol, vectors)
+            if wide is not None:
+                return wide
     return _graded_exponents(tangent_map, tol)
 
 
@@ -862,35 +867,12 @@ def _gram_lower(ys: torch.Tensor, blocks: int = GRAM_BLOCKS) -> torch.Tensor:
     return gram
 
 
-def _count_above(lower: torch.Tensor, c: float) -> int:
-    """Sylvester's law of inertia: the number of eigenvalues of the symmetric matrix (lower triangle ``lower``)
-    above ``c``, from the Bunch-Kaufman factorisation L - cI = P L D L^T P^T (D with 1 x 1 and 2 x 2 blocks):
-    the number of positive eigenvalues of D. Exact up to eigenvalues within rounding of c (N^3 / 3 flops)."""
-    a = lower.tril()
-    a.diagonal().sub_(c)
-    ld, piv, _ = torch.linalg.ldl_factor_ex(a, hermitian=True)  # info > 0: a zero pivot, counted as not above
-    d = ld.diagonal().tolist()
-    sub = ld.diagonal(-1).tolist()
-    piv = piv.tolist()
-    count, i, n = 0, 0, len(d)
-    while i < n:
-        if piv[i] > 0 or i == n - 1:  # 1 x 1 block
-            count += d[i] > 0.0
-            i += 1
-        else:  # 2 x 2 block [[d_i, s], [s, d_i+1]]
-            det = d[i] * d[i + 1] - sub[i] * sub[i]
-            count += 2 if (det > 0.0 and d[i] + d[i + 1] > 0.0) else (1 if det < 0.0 else 0)
-            i += 2
-    return count
-
-
 def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = True) -> FiniteTimeLyapunov | None:
     """The fast path of :func:`finite_time_lyapunov` when the spectrum is narrow (None when it does not apply).
 
     L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats; lower triangle only,
-    :func:`_gram_lower`), all eigenvalues by ``eigvalsh``, or with all eigenvectors by ONE ``eigh`` when an inertia
-    count (:func:`_count_above`) shows more chaotic directions than Lanczos takes (absolute error ~ N eps lambda_max,
-    so each exponent's error estimate is
+    :func:`_gram_lower`), all eigenvalues by ``eigvalsh`` (absolute error ~ N eps lambda_max, so each exponent's
+    error estimate is
     log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
     engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
     chaotic subspace) by Lanczos (ARPACK, fixed start vector; ``eigh`` for all vectors when more than
@@ -898,8 +880,9 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     The other columns of ``vectors`` are an orthonormal basis of the rest of the
     non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
     perturbation strategies only need that span. Returns None (caller takes the graded path) if any
-    eigenvalue is at the noise floor or the spread is too wide. ``want_vectors=False``: the Gram matrix and
-    ``eigvalsh`` only (no inertia count, no eigenvector; ``vectors`` None).
+    eigenvalue is at the noise floor or the spread is too wide, before any eigenvector is computed.
+    ``want_vectors=False``: the Gram matrix and ``eigvalsh`` only (``vectors`` None); the exponents are the same
+    numbers with and without vectors (both from the one ``eigvalsh``).
     """
     n, t = tangent_map.num_params, tangent_map.t
     w, rho, tt = tangent_map._w, tangent_map._rho, tangent_map._tt
@@ -918,15 +901,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     if rho is not None:
         del ys
     limit = max(16, n // GRAM_LANCZOS_FRACTION)
-    # Many chaotic directions (exponent > tol - a margin, i.e. lambda > e^(2 t tol - 2 shift) (1 - 1e-6), counted
-    # by inertia, one N^3/3 LDL^T): values and vectors from ONE eigh instead of eigvalsh + eigh.
-    # The count only picks the branch; the exponents and k below are computed the same way in both.
-    c = math.exp(min(2.0 * t * tol - 2.0 * shift, 700.0)) * (1.0 - 1e-6)
-    vectors = None
-    if want_vectors and n > 4 * limit and _count_above(gram, c) > limit:
-        lam, vectors = torch.linalg.eigh(gram)
-    else:
-        lam = torch.linalg.eigvalsh(gram)  # ascending
+    lam = torch.linalg.eigvalsh(gram)  # ascending; checked before any eigenvector is computed
     top = float(lam[-1])
     if not top > 0.0 or float(lam[0]) <= 4.0 * n * EPS64 * top:
         return None
@@ -937,8 +912,8 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     if not want_vectors:
         return FiniteTimeLyapunov(exponents, None, int(t), -math.inf, float(tol), "gram", err)
     k = max(1, int(((exponents + err) > tol).sum()))
-    if vectors is not None or k > limit:  # many vectors: all of them from one symmetric eigensolver
-        vectors = (torch.linalg.eigh(gram)[1] if vectors is None else vectors).flip(1)
+    if k > limit:  # many vectors: all of them from one symmetric eigensolver
+        vectors = torch.linalg.eigh(gram)[1].flip(1)
         return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
     gram = gram.tril()
     gram += gram.tril(-1).T  # the full symmetric L for Lanczos, Cholesky and residuals
@@ -967,6 +942,35 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     mask[:k] = True
     mask[-1] = True
     return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err, mask)
+
+
+FULL_RESOLVE_MARGIN = 64.0
+"""``auto`` takes the SVD of the formed Y_t between the gram and graded paths when its smallest singular value is
+at least this many times its rounding floor N eps sigma_max (a spread of up to ~23 nats in float64; each
+exponent's error estimate then stays below log(1 + 1/64) / t)."""
+
+
+def _resolved_full_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool) -> FiniteTimeLyapunov | None:
+    """``auto``'s middle path: singular values of the formed, scaled Y_t (``svdvals``); None when the smallest is
+    within FULL_RESOLVE_MARGIN of the floor N eps sigma_max (the graded path then resolves it); else the
+    exponents with error estimates log(1 + N eps sigma_max / sigma_i) / t plus the representation's, and all right
+    singular vectors from one SVD when wanted. Resolves about twice the Gram matrix's spread (it never squares the
+    condition number) for one SVD instead of the graded path's several."""
+    n, t = tangent_map.num_params, tangent_map.t
+    y, log_scale = tangent_map.scaled()
+    s = torch.linalg.svdvals(y)
+    floor = n * EPS64 * float(s[0])
+    if not float(s[-1]) > FULL_RESOLVE_MARGIN * floor:
+        return None
+    vectors = None
+    if want_vectors:
+        _, s, vh = torch.linalg.svd(y, full_matrices=False)
+        vectors = vh.T.contiguous()
+    del y
+    rel = tangent_map.relative_error
+    err = (torch.log1p(floor / s) + math.log1p(rel)) / t
+    exponents = (torch.log(s) + log_scale) / t
+    return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "full", err)
 
 
 def _graded_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:
