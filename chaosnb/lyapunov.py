@@ -772,7 +772,9 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
     restricted to the orthogonal complement of the accepted right singular vectors (exact up to the same
     order: block-triangular Schur complement). The others are carried to the next window as rows s_j v_j^T;
     the remaining rows are projected onto the complement. Values below N eps of their window's largest are
-    rounding noise: unresolved. Returns (log sigma descending with -inf for unresolved, vectors N x N as
+    rounding noise: unresolved. A value's relative error estimate is N eps e^(top - log sigma) of its window plus
+    the relative errors of the carried rows weighted by their share of its left singular vector (sum_j u_ji^2
+    rel_j), plus the deflation term. Returns (log sigma descending with -inf for unresolved, vectors N x N as
     columns, error of each log sigma (inf for unresolved), log of the largest value an unresolved direction
     can have (-inf if none)).
     """
@@ -789,6 +791,7 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
     removed: torch.Tensor | None = None  # N x k: accepted and lost directions so far
     left_rows = torch.zeros(0, n, dtype=torch.float64, device=dev)
     left_scales = torch.zeros(0, dtype=torch.float64, device=dev)
+    left_rel = torch.zeros(0, dtype=torch.float64, device=dev)  # relative error each carried row brings along
     i, total = 0, len(scales)
     while i < total or left_rows.shape[0]:
         if i < total:
@@ -810,12 +813,19 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
             row_scales = torch.cat([left_scales, new_scales])
         else:
             rows, row_scales = left_rows, left_scales
+        carried = left_rows.shape[0]
         if rows.shape[0] == 0:
             left_rows, left_scales = rows, row_scales
             continue
         top = float(row_scales.max())
-        _, s, vh = torch.linalg.svd(torch.exp(row_scales - top)[:, None] * rows, full_matrices=False)
+        u, s, vh = torch.linalg.svd(torch.exp(row_scales - top)[:, None] * rows, full_matrices=False)
         log_s = torch.log(s) + top
+        # relative error of each value: this window's rounding N eps e^top / sigma_i, plus what the carried rows
+        # bring (a carried row s_j v_j^T is only as accurate as the window that produced it), weighted by their share
+        # of the value's left singular vector: sum_j u_ji^2 rel_j
+        rel_err = n * EPS64 * torch.exp(top - log_s)
+        if carried:
+            rel_err = rel_err + u[:carried].square().T @ left_rel
         noise = float(log_s[0]) + log_floor
         nxt = scales[i] if i < total else -math.inf
         accept = (log_s > noise) & (log_s >= nxt + GRADED_GAP)
@@ -824,8 +834,7 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
         if bool(lost.any()):
             log_lost = max(log_lost, noise)
             lost_vecs.append(vh[lost])
-        gap = log_s[accept] - top
-        err = torch.log1p(n * EPS64 * torch.exp(-gap) + n * torch.exp(2.0 * (nxt - log_s[accept])))
+        err = torch.log1p(rel_err[accept] + n * torch.exp(2.0 * (nxt - log_s[accept])))
         logs.append(log_s[accept])
         vecs.append(vh[accept])
         errs.append(err)
@@ -833,6 +842,7 @@ def graded_svd(rho: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch
         if decided.shape[1]:
             removed = decided if removed is None else torch.cat([removed, decided], dim=1)
         left_rows, left_scales = vh[carry], log_s[carry]
+        left_rel = rel_err[carry]
     log_sigma = torch.cat(logs) if logs else torch.zeros(0, dtype=torch.float64, device=dev)
     v = torch.cat(vecs).T if vecs else torch.zeros(n, 0, dtype=torch.float64, device=dev)
     err = torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64, device=dev)
