@@ -173,6 +173,13 @@ class RunConfig:
         return (self.pruning_active(step) or self.uses_tangent_map
                 or (self.spectrum_every > 0 and step % self.spectrum_every == 0))
 
+    def needs_lyapunov_vectors(self, step: int) -> bool:
+        """Whether the finite-time spectrum at tangent step ``step`` needs eigenvectors: at the last step (the
+        perturbation directions), at a snapshot step and at every tangent step after the first one (Figure C.2.1's
+        overlaps). Elsewhere the exponents alone are recorded (``TangentMap.lyapunov(vectors=False)``)."""
+        snapshots = [s for s in self.snapshot_steps if s in self.tangent_steps]
+        return step == self.steps or any(s <= step for s in snapshots)
+
     def stage1(self) -> RunConfig:
         """The reference run whose final L_T provides the perturbation directions."""
         return dataclasses.replace(self, perturb_eps=0.0, perturb_strategies=(),

@@ -310,15 +310,34 @@ class InputSubspace:
         return v[: self.offset], v[self.offset : end].reshape(self.rows, self.cols, -1), v[end:]
 
     def down(self, v: torch.Tensor) -> torch.Tensor:
-        """P^T v for v of shape (N, k)."""
+        """P^T v for v of shape (N, k) (one batched product into the output, no concatenation)."""
         head, w, tail = self._split(v)
-        return torch.cat([head, (self.basis.T @ w).reshape(-1, v.shape[1]), tail])
+        s, k = self.basis.shape[1], v.shape[1]
+        out = torch.empty(self.dim, k, dtype=v.dtype, device=v.device)
+        out[: self.offset] = head
+        torch.bmm(self.basis.T.expand(self.rows, -1, -1), w, out=out[self.offset : self.offset + self.rows * s]
+                  .view(self.rows, s, k))
+        out[self.offset + self.rows * s :] = tail
+        return out
 
     def up(self, z: torch.Tensor) -> torch.Tensor:
         """P z for z of shape (d, k)."""
         s = self.basis.shape[1]
         head, w, tail = z[: self.offset], z[self.offset : self.offset + self.rows * s], z[self.offset + self.rows * s :]
         return torch.cat([head, (self.basis @ w.reshape(self.rows, s, -1)).reshape(-1, z.shape[1]), tail])
+
+    def add_up_(self, y: torch.Tensor, z: torch.Tensor, alpha: float) -> torch.Tensor:
+        """y += alpha P z in place, for y (N, k) contiguous and z (d, k): the first layer's rows by one batched
+        in-place product with the basis, never forming the N x k matrix P z."""
+        s = self.basis.shape[1]
+        end = self.offset + self.rows * self.cols
+        k = y.shape[1]
+        y[: self.offset].add_(z[: self.offset], alpha=alpha)
+        block = y[self.offset : end].view(self.rows, self.cols, k)
+        coords = z[self.offset : self.offset + self.rows * s].reshape(self.rows, s, k)
+        block.baddbmm_(self.basis.expand(self.rows, -1, -1), coords, alpha=alpha)
+        y[end:].add_(z[self.offset + self.rows * s :], alpha=alpha)
+        return y
 
     def down_checked(self, v: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(P^T v, ||(I - P P^T) v||_F): the coordinates and how far v is from range(P) (only the W block can be)."""
@@ -522,9 +541,11 @@ def subspace_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     lam, w, solver = symmetric_eigh(m)
     scale = float(lam.abs().max()) if lam.numel() else 0.0
     keep = lam.abs() > range_rtol * scale
-    lam, vecs = lam[keep], subspace.up(w[:, keep])
+    lam, coords = lam[keep], w[:, keep].contiguous()
     info = {"probes": products, "range_dim": int(keep.sum()), "fallback": False, "solver": solver,
-            "subspace_dim": subspace.dim, "structure": "piecewise-linear, input subspace"}
+            "subspace_dim": subspace.dim, "structure": "piecewise-linear, input subspace",
+            "subspace": subspace, "coords": coords}  # eigenvectors = P coords (the tangent map's factored step)
+    lam, vecs = lam, subspace.up(coords)
     return Spectrum(lam, vecs, theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
 
 

@@ -10,8 +10,12 @@ Seconds of one run, on one torch thread, from the per-step rates in ``RATES``:
 * ``models`` is 1, or 1 + the number of strategies for a perturbation run.
 * ``n_spectrum`` is the number of steps t with ``config.needs_spectrum(t)``: every step with CGD pruning
   or a tangent map, every ``spectrum_every``-th step otherwise.
-* ``n_ftle`` is the number of finite-time spectra, ``len(tangent_steps)``. Each is costed as one of a full
-  tangent map: an upper bound, early ones take the cheaper structured path.
+* ``n_ftle`` is the number of finite-time spectra, ``len(tangent_steps)``; each costs ``ftle`` seconds by the path
+  :func:`chaosnb.lyapunov.finite_time_lyapunov` takes at that step (:func:`ftle_path`: the Gram matrix while the
+  exponents spread over at most ``gram_max`` nats, one SVD up to ``full_max``, the graded path beyond; the spread
+  is ``spread`` nats per unit of lr x t, measured) and whether it needs eigenvectors there
+  (``RunConfig.needs_lyapunov_vectors``; without them: ``<path>_values``). Early points of a fresh map take the
+  cheaper structured path: costed as Gram, an upper bound.
 * Not modelled: evaluation (one forward pass over the test split every ``eval_every`` steps), checkpoint
   writes, CGD's projection.
 
@@ -54,13 +58,24 @@ from chaosnb.config import RunConfig
 # rates (0.59 s / 0.66 s idle before) are divided by the speed-up of chaosnb.piecewise_linear measured in one run
 # under load (1.6x for a CGD step, 1.8x for a tangent step).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
+# "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 34.3 s with the
+# eigenvectors, 7.4 s exponents only (t = 40, lr 1e-3); one SVD 71.2 s, singular values only 21.2 s (t = 300, lr
+# 1e-2); graded: GRADED_MLP s (t = 300). "spread": nats between the largest and smallest exponent x t per unit of
+# lr x t (quick build, MLP at lr 1e-2: 0.060 per step without momentum, 0.077 with); "gram_max": the Gram path is
+# taken up to about this spread (t = 120 at lr 1e-2 still took it), "full_max": lyapunov.FULL_RESOLVE_MARGIN's
+# ~23 nats. The CNN (N = 1,158) costs little at every path: a third of a second to a few seconds (assumed).
+# "shared": how much longer a run carrying the tangent map takes when two workers share the 2 cores' memory
+# bandwidth (quick build of 30 Nov 2026, measured / projected: MLP 1.36-1.7, CNN 1.05-1.42); only
+# Plan.scheduled_wall_seconds(shared_machine=True) uses it.
 RATES: dict[str, dict] = {
     "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.081, "dense": 12.1},
             "tangent": {"lowrank": 0.435, "dense": 12.5}, "momentum": 1.12, "batch_exponent": 0.75,
-            "ftle": 39.0},
+            "ftle": {"gram": 34.3, "gram_values": 7.4, "full": 71.2, "full_values": 21.2, "graded": 600.0},
+            "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.4},
     "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
             "tangent": {"lowrank": 0.72, "dense": 0.40}, "momentum": 1.0, "batch_exponent": 0.75,
-            "ftle": 0.4},
+            "ftle": {"gram": 0.4, "gram_values": 0.2, "full": 1.0, "full_values": 0.4, "graded": 3.0},
+            "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.2},
 }
 MB = 1e6
 
@@ -71,6 +86,24 @@ def num_params(model: str) -> int:
     from chaosnb.models import num_parameters as count
 
     return count(build_model(model))
+
+
+def ftle_path(config: RunConfig, step: int, rates: dict | None = None) -> str:
+    """The finite-time spectrum's path at ``step`` as the plan projects it: "gram", "full" or "graded" by the
+    projected spread of the exponents (``spread`` x lr x step nats, see RATES)."""
+    r = (rates or RATES)[config.model]
+    spread = r["spread"]["momentum" if config.momentum > 0 else "plain"] * config.lr * step
+    return "gram" if spread <= r["gram_max"] else ("full" if spread <= r["full_max"] else "graded")
+
+
+def ftle_seconds(config: RunConfig, rates: dict | None = None) -> float:
+    """Projected seconds of all the run's finite-time spectra (path and eigenvectors per step)."""
+    r = (rates or RATES)[config.model]["ftle"]
+    total = 0.0
+    for step in config.tangent_steps:
+        path = ftle_path(config, step, rates)
+        total += r[path] if config.needs_lyapunov_vectors(step) or path == "graded" else r[f"{path}_values"]
+    return total
 
 
 def spectrum_steps(config: RunConfig) -> int:
@@ -117,7 +150,7 @@ def run_cost(config: RunConfig, rates: dict | None = None) -> RunCost:
         factor = r.get("momentum", 1.0) if config.momentum > 0 else 1.0
         seconds += config.steps * (r["tangent"][method] * factor - r["spectrum"][method])
         tangent_bytes = n * n * 8 * (2 if config.momentum > 0 else 1)
-    seconds += ftle * r["ftle"]
+    seconds += ftle_seconds(config, rates) if ftle else 0.0
     transient = max(2 * tangent_bytes, 3 * n * n * 8 if ftle else 0)
     dense = 2 * n * n * 4 if spectra and method == "dense" else 0
     return RunCost(config, models, spectra, ftle, seconds, tangent_bytes, tangent_bytes + transient + dense)
@@ -153,10 +186,16 @@ class Plan:
         return max(r.seconds + (by_config.get(r.config.stage1(), 0.0) if r.config.is_perturbation else 0.0)
                    for r in self.runs)
 
-    def scheduled_wall_seconds(self, workers: int) -> float:
+    def scheduled_wall_seconds(self, workers: int, shared_machine: bool = False) -> float:
         """The wall time with ``workers`` single-threaded workers when runs start in :func:`priorities` order
-        (what :func:`chaosnb.cluster.submit_runs` does), at the table's rates."""
-        costs = {r.config: r.seconds for r in self.runs}
+        (what :func:`chaosnb.cluster.submit_runs` does), at the table's rates. ``shared_machine``: the workers
+        share one machine's memory bandwidth (``make book`` on 2 cores), so the runs carrying a tangent map take
+        ``shared`` times longer (RATES, measured in the quick build)."""
+        def seconds(r: RunCost) -> float:
+            factor = RATES[r.config.model].get("shared", 1.0) if shared_machine and r.config.uses_tangent_map else 1.0
+            return r.seconds * factor
+
+        costs = {r.config: seconds(r) for r in self.runs}
         return simulate_schedule(costs, priorities(list(costs)), workers)
 
     def wall_seconds_at_least(self, workers: int) -> float:
@@ -244,6 +283,8 @@ def format_plan(p: Plan, title: str, workers: Sequence[int] = (1, 8, 32, 128)) -
               + ", ".join(f"W={w}: {_duration(p.wall_seconds_at_least(w))}" for w in workers),
               "wall time as scheduled (longest chains first): "
               + ", ".join(f"W={w}: {_duration(p.scheduled_wall_seconds(w))}" for w in workers),
+              "on one 2-core machine (2 workers sharing its memory bandwidth, as `make book`): "
+              f"{_duration(p.scheduled_wall_seconds(2, shared_machine=True))}",
               "rates: chaosnb.plan.RATES (one torch thread, 2 idle AMD EPYC cores, see its comment); "
               "scale by your cores' speed"]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from chaosnb.cgd import CGD
 from chaosnb.config import RunConfig
 from chaosnb.curvature import HessianDiverged, Spectrum, minibatch_spectrum
 from chaosnb.data import Dataset, load_dataset, sampler_for
-from chaosnb.lyapunov import Float32TangentMap, TangentMap, max_local_exponent
+from chaosnb.lyapunov import Float32TangentMap, TangentMap, factored_hessian, max_local_exponent
 from chaosnb.models import make_flat_model
 from chaosnb.perturb import STRATEGIES, perturbation_direction, strategy_seed
 from chaosnb.subspace import overlap
@@ -260,7 +260,11 @@ class Training:
         """Tangent-map observer: Y <- J_t Y with the step's effective Hessian (CGD's P H when it pruned, else H)
         and the step's maximal local exponent (Theorem A.6). Raises FloatingPointError when Y blows up."""
         plan = getattr(opt, "last_plan", None)
-        effective = plan.effective_hessian() if plan is not None else spec
+        same = spec is not None and (plan is None or plan.eigenvalues is spec.eigenvalues)
+        if isinstance(self.tangent, TangentMap) and same:  # in the input subspace when the spectrum has one
+            effective = factored_hessian(spec, plan.kept if plan is not None else None)  # CGD: P_keep H
+        else:
+            effective = plan.effective_hessian() if plan is not None else spec
         self.tangent.step(effective)
         self.recorder.add("lle_max_step", t, max_local_exponent(effective, self.config.lr))
 
@@ -291,7 +295,7 @@ class Training:
         subspace at a snapshot step and after one (C.2.1's overlaps) and the perturbation directions at the last
         step; every other point records exponents only (``vectors=False``: no eigenvector, ~2-3x cheaper)."""
         c = self.config
-        need_vectors = done == c.steps or done in c.snapshot_steps or bool(self.snapshots)
+        need_vectors = c.needs_lyapunov_vectors(done)
         ftle = self.tangent.lyapunov(tol=c.lyapunov_tol, vectors=need_vectors)
         rec = self.recorder
         rec.add("ftle_max", done, ftle.max_exponent)

@@ -857,3 +857,59 @@ def test_auto_takes_the_svd_between_the_gram_and_graded_paths(vectors):
     # estimate before carried rows passed on their window's rounding was exceeded 10x here (9.3e-12 vs 9e-13).
     assert torch.all((graded.exponents - exact).abs() <= graded.error_estimate)
     assert graded.chaotic_dim == int((exact > 0).sum())
+
+
+@pytest.mark.parametrize("method", ["graded", "full"])
+def test_svd_failure_falls_back_to_the_qr_iteration_driver(monkeypatch, method):
+    """LAPACK's divide and conquer (gesdd) can fail to converge on a large graded window (seen at t = 300 on the
+    MLP): the finite-time spectrum then comes from scipy's gesvd, with the same exponents and chaotic subspace."""
+    n, lr = 30, 0.1
+    h = torch.linspace(-1.0, 6.0, n, dtype=F64)
+    q = random_orthogonal(n, seed=8)
+    tm = TangentMap(n, lr)
+    for _ in range(40 if method == "graded" else 10):
+        tm.step((h, q))
+    reference = tm.lyapunov(1e-12, method=method)
+
+    def failing(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing)
+    monkeypatch.setattr(torch.linalg, "svdvals", failing)
+    again = tm.lyapunov(1e-12, method=method)
+    assert torch.all((again.exponents - reference.exponents).abs()
+                     <= again.error_estimate + reference.error_estimate)
+    assert again.chaotic_dim == reference.chaotic_dim > 0
+    p0, p1 = (f.chaotic_subspace() @ f.chaotic_subspace().T for f in (reference, again))
+    assert torch.linalg.matrix_norm(p0 - p1, ord=2) < 1e-8
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_factored_step_equals_the_dense_pair_step(momentum):
+    """V = P C in the input subspace (curvature.subspace_spectrum's factor): the tangent map stepped through P's
+    maps equals the one stepped with the formed N x r pair, across re-orthonormalisations; add_up_ is += P z."""
+    from chaosnb import curvature
+    from chaosnb.lyapunov import FactoredEigenpairs
+    from tests.conftest import tiny_case
+
+    flat, _, x, _ = tiny_case("mlp-relu", batch=3)
+    sub = curvature.input_subspace(flat, x)
+    n, d = flat.num_params, sub.dim
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(d, 7, generator=gen, dtype=F64)
+    y = torch.randn(n, 7, generator=gen, dtype=F64)
+    assert torch.allclose(sub.add_up_(y.clone(), z, -0.3), y - 0.3 * sub.up(z), rtol=0, atol=1e-14)
+    factored, dense = TangentMap(n, 0.05, momentum), TangentMap(n, 0.05, momentum)
+    c0, _ = torch.linalg.qr(torch.randn(d, 9, generator=gen, dtype=F64))
+    lam0 = torch.linspace(-4.0, 8.0, 9, dtype=F64)  # two expanding directions, slowly rotating
+    for _ in range(80):
+        c, _ = torch.linalg.qr(c0 + 0.05 * torch.randn(d, 9, generator=gen, dtype=F64))
+        lam = lam0 + 0.1 * torch.randn(9, generator=gen, dtype=F64)
+        factored.step(FactoredEigenpairs(lam, c, sub))
+        dense.step((lam, sub.up(c)))
+    assert factored.reorthonormalisations == dense.reorthonormalisations > 0
+    a, b = factored.matrix(), dense.matrix()
+    assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
+    fa, fb = factored.lyapunov(1e-12), dense.lyapunov(1e-12)
+    assert torch.all((fa.exponents - fb.exponents).abs() <= fa.error_estimate + fb.error_estimate)
+    assert fa.chaotic_dim == fb.chaotic_dim > 0 and factored.update_rank == dense.update_rank

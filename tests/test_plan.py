@@ -15,6 +15,8 @@ from chaosnb.config import RunConfig
 from chaosnb.experiments import all_configs, load_profile, reference_runs
 from chaosnb.plan import (
     RATES,
+    ftle_path,
+    ftle_seconds,
     num_params,
     plan,
     plan_profile,
@@ -68,13 +70,15 @@ def test_totals_are_the_rows_sums_and_maxima():
 
 
 def test_reference_run_cost_by_hand():
-    """A reference run with the tangent map: steps * tangent + n_ftle * ftle (the sgd and spectrum terms
-    of the formula telescope into the tangent rate)."""
+    """A reference run with the tangent map: steps * tangent + its finite-time spectra (the sgd and spectrum terms
+    of the formula telescope into the tangent rate); every spectrum of these runs needs eigenvectors (C.2.1's
+    snapshot comes first), each costed by its path."""
     for name, config in reference_runs(load_profile("paper")).items():
         r = RATES[config.model]
         factor = r["momentum"] if config.momentum else 1.0
-        expected = (config.steps * r["tangent"][config.spectrum_method] * factor
-                    + len(config.tangent_steps) * r["ftle"])
+        spectra = sum(r["ftle"][ftle_path(config, s)] for s in config.tangent_steps)
+        assert all(config.needs_lyapunov_vectors(s) for s in config.tangent_steps)
+        expected = config.steps * r["tangent"][config.spectrum_method] * factor + spectra
         assert math.isclose(run_cost(config).seconds, expected, rel_tol=1e-12), name
     usps_mlp = reference_runs(load_profile("paper"))["USPS MLP"]
     assert usps_mlp.steps == 36480 and len(usps_mlp.tangent_steps) == 40
@@ -90,9 +94,10 @@ def test_time_scales_with_steps(config):
     """Ten times the steps: ten times the per-step part (everything but the finite-time spectra)."""
     longer = dataclasses.replace(config, steps=10 * config.steps)
     a, b = run_cost(config), run_cost(longer)
-    fixed = a.ftle * RATES[config.model]["ftle"]
+    fixed_a = ftle_seconds(config) if a.ftle else 0.0
+    fixed_b = ftle_seconds(longer) if b.ftle else 0.0
     assert b.ftle == a.ftle and b.spectra == 10 * a.spectra
-    assert math.isclose(b.seconds - fixed, 10 * (a.seconds - fixed), rel_tol=1e-12)
+    assert math.isclose(b.seconds - fixed_b, 10 * (a.seconds - fixed_a), rel_tol=1e-12)
     assert (b.tangent_bytes, b.peak_bytes) == (a.tangent_bytes, a.peak_bytes)
 
 
@@ -179,3 +184,17 @@ def test_priorities_put_chains_first():
         assert wall <= p.total_seconds + 1e-9
     assert math.isclose(p.scheduled_wall_seconds(1), p.total_seconds)
     assert math.isclose(p.scheduled_wall_seconds(10_000), p.critical_path_seconds)
+
+
+def test_finite_time_spectra_are_costed_by_path_and_by_what_they_need():
+    """lr 1e-2, no momentum: the exponents spread 6 x lr x t nats, so t = 10 takes the Gram path (0.6 nats), t = 200
+    one SVD (12), t = 500 the graded path (30). Without a snapshot only the last step needs eigenvectors."""
+    r = RATES["mlp"]
+    config = RunConfig(steps=500, lr=1e-2, tangent_steps=(10, 200, 500))
+    assert [ftle_path(config, s) for s in config.tangent_steps] == ["gram", "full", "graded"]
+    f = r["ftle"]
+    assert math.isclose(ftle_seconds(config), f["gram_values"] + f["full_values"] + f["graded"])
+    snap = dataclasses.replace(config, snapshot_steps=(10,))  # C.2.1: eigenvectors from the snapshot on
+    assert math.isclose(ftle_seconds(snap), f["gram"] + f["full"] + f["graded"])
+    momentum = dataclasses.replace(config, momentum=0.9)  # 7.7 x lr x t: t = 200 is 15.4 nats, still one SVD
+    assert ftle_path(momentum, 200) == "full" and ftle_path(momentum, 300) == "graded"
