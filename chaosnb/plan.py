@@ -49,12 +49,14 @@ from chaosnb.config import RunConfig
 
 # Median seconds per training step at ONE torch thread (sweep workers run one), measured on 2 idle AMD EPYC cores
 # (load average < 1, torch 2.14.1, USPS batch 8, lr 1e-2) on 2026-11-30 with benchmarks/bench_throughput.py
-# --threads 1 and Training.advance() timed directly (see benchmarks/README.md, "Rates for the plan").
+# --threads 1 and Training.advance() timed directly (see benchmarks/README.md, "Rates for the plan"). The MLP's
+# CGD and tangent rates were measured again at 20:05 UTC (30 steps / 8 steps after a warm-up step) after its
+# spectrum moved to P^T H P and its tangent step into the input subspace: CGD 0.085 s (batch 16: 0.129 s), tangent
+# 0.206 s, with momentum 0.256 s (before: 0.081 / 0.136 / 0.435 / 0.486).
 # "sgd": a plain step; "spectrum": a step with the exact Hessian spectrum (by method); "tangent": a step with the
 # spectrum and the tangent-map update; "momentum": the tangent step's factor with momentum (the MLP's state then
-# carries G as well: 0.486 s vs 0.435 s); "batch_exponent": spectrum cost ~ (batch / 8) ** exponent (the MLP's
-# low-rank spectrum: 0.081 s at batch 8, 0.136 s at 16; assumed for the CNN); "ftle": one finite-time spectrum
-# of a full tangent map, seconds each (MLP: `TangentMap.lyapunov`, N = 5,350; CNN: N = 1,158). The CNN's dense
+# carries G as well: 0.256 s vs 0.206 s); "batch_exponent": spectrum cost ~ (batch / 8) ** exponent (the MLP's
+# CGD step: 0.085 s at batch 8, 0.129 s at 16; assumed for the CNN); "ftle": see below. The CNN's dense
 # rates (0.59 s / 0.66 s idle before) are divided by the speed-up of chaosnb.piecewise_linear measured in one run
 # under load (1.6x for a CGD step, 1.8x for a tangent step).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
@@ -65,13 +67,15 @@ from chaosnb.config import RunConfig
 # taken up to about this spread (t = 120 at lr 1e-2 still took it), "full_max": lyapunov.FULL_RESOLVE_MARGIN's
 # ~23 nats. The CNN (N = 1,158) costs little at every path: a third of a second to a few seconds (assumed).
 # "shared": how much longer a run carrying the tangent map takes when two workers share the 2 cores' memory
-# bandwidth (quick build of 30 Nov 2026, measured / projected: MLP 1.36-1.7, CNN 1.05-1.42); only
-# Plan.scheduled_wall_seconds(shared_machine=True) uses it.
+# bandwidth; only Plan.scheduled_wall_seconds(shared_machine=True) uses it. MLP: two tangent runs side by side
+# 0.187 / 0.264 s per step against 0.206 / 0.256 s alone, two Gram spectra 36-39 s against 34.3 s (30 Nov 2026,
+# 20:20 UTC, after the input-subspace step; the previous dense-pair step measured 1.36-1.7 in the quick build).
+# CNN: 1.05-1.42 in that build.
 RATES: dict[str, dict] = {
-    "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.081, "dense": 12.1},
-            "tangent": {"lowrank": 0.435, "dense": 12.5}, "momentum": 1.12, "batch_exponent": 0.75,
+    "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.085, "dense": 12.1},
+            "tangent": {"lowrank": 0.206, "dense": 12.5}, "momentum": 1.24, "batch_exponent": 0.6,
             "ftle": {"gram": 34.3, "gram_values": 7.4, "full": 71.2, "full_values": 21.2, "graded": 600.0},
-            "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.4},
+            "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
     "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
             "tangent": {"lowrank": 0.72, "dense": 0.40}, "momentum": 1.0, "batch_exponent": 0.75,
             "ftle": {"gram": 0.4, "gram_values": 0.2, "full": 1.0, "full_values": 0.4, "graded": 3.0},
