@@ -913,3 +913,22 @@ def test_factored_step_equals_the_dense_pair_step(momentum):
     fa, fb = factored.lyapunov(1e-12), dense.lyapunov(1e-12)
     assert torch.all((fa.exponents - fb.exponents).abs() <= fa.error_estimate + fb.error_estimate)
     assert fa.chaotic_dim == fb.chaotic_dim > 0 and factored.update_rank == dense.update_rank
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_factored_tangent_map_equals_jacobian_of_unrolled_training(momentum):
+    """The engine's path for a ReLU MLP: the spectrum from P^T H P (curvature.minibatch_spectrum) and the tangent
+    step through the input subspace (factored_hessian) give the Jacobian of the unrolled training steps."""
+    from chaosnb.curvature import minibatch_spectrum
+    from chaosnb.lyapunov import FactoredEigenpairs, factored_hessian
+
+    lr, steps = 0.5, 5
+    flat, theta0, xs, ys = tiny_problem(steps, batch=2, activation="relu")
+    reference = jacrev(unrolled_training(flat, xs, ys, lr, momentum))(theta0)
+    tm = TangentMap(theta0.numel(), lr, momentum)
+    for theta, x, y in zip(trajectory(flat, theta0, xs, ys, lr, momentum), xs, ys, strict=True):
+        h = factored_hessian(minibatch_spectrum(flat, theta, x, y))
+        assert isinstance(h, FactoredEigenpairs) and h.subspace.dim < theta0.numel()  # s = 2 of 4 inputs
+        tm.step(h)
+    assert (reference - torch.eye(theta0.numel(), dtype=F64)).abs().max() > 0.05  # non-trivial dynamics
+    assert torch.allclose(tm.matrix(), reference, rtol=0, atol=1e-8)
