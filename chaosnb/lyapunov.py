@@ -200,28 +200,35 @@ GRADED_GAP = 14.0
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
 
 
+def _scipy_svd(a: torch.Tensor, compute_uv: bool):
+    """scipy's SVD (its own LAPACK): divide and conquer first, then the QR-iteration driver ``gesvd``."""
+    import numpy as np
+    import scipy.linalg
+
+    m = a.cpu().numpy()
+    try:
+        out = scipy.linalg.svd(m, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesdd")
+    except (np.linalg.LinAlgError, ValueError):
+        out = scipy.linalg.svd(m, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
+    return tuple(torch.from_numpy(x).to(a.device) for x in out) if compute_uv else torch.from_numpy(out).to(a.device)
+
+
 def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD (U, S, V^T) that survives LAPACK's divide-and-conquer failing to converge (``gesdd``, seen on a
-    5,350 x 5,350 graded window at t = 300): then the QR-iteration driver ``gesvd`` (scipy), which is slower but
-    converges where ``gesdd`` does not."""
+    """Thin SVD (U, S, V^T) that survives torch's LAPACK divide and conquer failing to converge (``gesdd``, seen
+    on a 5,000 x 5,350 graded window at t = 300): then scipy's ``gesdd`` (another LAPACK build), then its
+    QR-iteration driver ``gesvd``, slower but converging where ``gesdd`` does not."""
     try:
         return torch.linalg.svd(a, full_matrices=False)
     except torch.linalg.LinAlgError:
-        import scipy.linalg
-
-        u, s, vh = scipy.linalg.svd(a.cpu().numpy(), full_matrices=False, lapack_driver="gesvd")
-        return tuple(torch.from_numpy(m).to(a.device) for m in (u, s, vh))
+        return _scipy_svd(a, compute_uv=True)
 
 
 def _svdvals(a: torch.Tensor) -> torch.Tensor:
-    """Singular values, with the same fallback as :func:`_svd`."""
+    """Singular values, with the same fallbacks as :func:`_svd`."""
     try:
         return torch.linalg.svdvals(a)
     except torch.linalg.LinAlgError:
-        import scipy.linalg
-
-        return torch.from_numpy(scipy.linalg.svd(a.cpu().numpy(), compute_uv=False, lapack_driver="gesvd")
-                                ).to(a.device)
+        return _scipy_svd(a, compute_uv=False)
 
 
 def _ldexp(x: torch.Tensor, k: int) -> torch.Tensor:
