@@ -5,11 +5,13 @@ Seconds of one run, on one torch thread, from the per-step rates in ``RATES``:
     T = steps * models * sgd
       + n_spectrum * (spectrum[method] * (batch / 8) ** batch_exponent - sgd)
       + steps * (tangent[method] * momentum_factor - spectrum[method])    if the run carries the tangent map
+      + n_reorth * reorth                                                   (the same)
       + n_ftle * ftle
 
 * ``models`` is 1, or 1 + the number of strategies for a perturbation run.
 * ``n_spectrum`` is the number of steps t with ``config.needs_spectrum(t)``: every step with CGD pruning
   or a tangent map, every ``spectrum_every``-th step otherwise.
+* ``n_reorth`` x ``reorth``: the tangent map's re-orthonormalisations (:func:`reorthonormalisations`).
 * ``n_ftle`` is the number of finite-time spectra, ``len(tangent_steps)``; each costs ``ftle`` seconds by the path
   :func:`chaosnb.lyapunov.finite_time_lyapunov` takes at that step (:func:`ftle_path`: the Gram matrix while the
   exponents spread over at most ``gram_max`` nats, one SVD up to ``full_max``, the graded path beyond; the spread
@@ -61,8 +63,14 @@ from chaosnb.config import RunConfig
 # under load (1.6x for a CGD step, 1.8x for a tangent step).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
 # "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 34.3 s with the
-# eigenvectors, 7.4 s exponents only (t = 40, lr 1e-3); one SVD 71.2 s, singular values only 21.2 s (t = 300, lr
-# 1e-2); graded: GRADED_MLP s (t = 300). "spread": nats between the largest and smallest exponent x t per unit of
+# eigenvectors, 7.4 s exponents only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds
+# ~7 s later: 38 / 9 s); one SVD 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the
+# USPS map at t = 300, lr 1e-2); graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
+# and the fallback ran for more than 8 minutes before I stopped it). "reorth": seconds of one
+# re-orthonormalisation of the tangent map (QR of the N x N block, 2N x N with momentum, and the graded product;
+# Fashion-MNIST MLP at lr 1e-2, 140 steps: 4 of them took 76 s without momentum, 3 took 103 s with it), one
+# every "reorth_lr_steps" / lr steps (the block's condition bound reaches REORTH_LOG_COND = 4 nats every ~35
+# steps at lr 1e-2, ~425 at 1e-3). "spread": nats between the largest and smallest exponent x t per unit of
 # lr x t (quick build, MLP at lr 1e-2: 0.060 per step without momentum, 0.077 with); "gram_max": the Gram path is
 # taken up to about this spread (t = 120 at lr 1e-2 still took it), "full_max": lyapunov.FULL_RESOLVE_MARGIN's
 # ~23 nats. The CNN (N = 1,158) costs little at every path: a third of a second to a few seconds (assumed).
@@ -74,11 +82,13 @@ from chaosnb.config import RunConfig
 RATES: dict[str, dict] = {
     "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.085, "dense": 12.1},
             "tangent": {"lowrank": 0.206, "dense": 12.5}, "momentum": 1.24, "batch_exponent": 0.6,
-            "ftle": {"gram": 34.3, "gram_values": 7.4, "full": 71.2, "full_values": 21.2, "graded": 600.0},
+            "ftle": {"gram": 38.0, "gram_values": 9.0, "full": 75.0, "full_values": 15.0, "graded": 600.0},
+            "reorth": {"plain": 19.0, "momentum": 34.0}, "reorth_lr_steps": 0.37,
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
     "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
             "tangent": {"lowrank": 0.72, "dense": 0.40}, "momentum": 1.0, "batch_exponent": 0.75,
             "ftle": {"gram": 0.4, "gram_values": 0.2, "full": 1.0, "full_values": 0.4, "graded": 3.0},
+            "reorth": {"plain": 0.3, "momentum": 0.6}, "reorth_lr_steps": 0.37,
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.2},
 }
 MB = 1e6
@@ -90,6 +100,12 @@ def num_params(model: str) -> int:
     from chaosnb.models import num_parameters as count
 
     return count(build_model(model))
+
+
+def reorthonormalisations(config: RunConfig, rates: dict | None = None) -> int:
+    """Projected re-orthonormalisations of a run's tangent map: one every ``reorth_lr_steps`` / lr steps."""
+    r = (rates or RATES)[config.model]
+    return int(config.steps * config.lr / r["reorth_lr_steps"]) if config.uses_tangent_map else 0
 
 
 def ftle_path(config: RunConfig, step: int, rates: dict | None = None) -> str:
@@ -153,6 +169,7 @@ def run_cost(config: RunConfig, rates: dict | None = None) -> RunCost:
     if config.uses_tangent_map:
         factor = r.get("momentum", 1.0) if config.momentum > 0 else 1.0
         seconds += config.steps * (r["tangent"][method] * factor - r["spectrum"][method])
+        seconds += reorthonormalisations(config) * r["reorth"]["momentum" if config.momentum > 0 else "plain"]
         tangent_bytes = n * n * 8 * (2 if config.momentum > 0 else 1)
     seconds += ftle_seconds(config, rates) if ftle else 0.0
     transient = max(2 * tangent_bytes, 3 * n * n * 8 if ftle else 0)

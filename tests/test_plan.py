@@ -21,6 +21,7 @@ from chaosnb.plan import (
     plan,
     plan_profile,
     priorities,
+    reorthonormalisations,
     run_cost,
     simulate_schedule,
     spectrum_steps,
@@ -78,7 +79,10 @@ def test_reference_run_cost_by_hand():
         factor = r["momentum"] if config.momentum else 1.0
         spectra = sum(r["ftle"][ftle_path(config, s)] for s in config.tangent_steps)
         assert all(config.needs_lyapunov_vectors(s) for s in config.tangent_steps)
-        expected = config.steps * r["tangent"][config.spectrum_method] * factor + spectra
+        reorth = int(config.steps * config.lr / r["reorth_lr_steps"]) * r["reorth"][
+            "momentum" if config.momentum else "plain"]
+        assert reorth > 0  # 36,480 steps at lr 1e-3: ~98 re-orthonormalisations
+        expected = config.steps * r["tangent"][config.spectrum_method] * factor + spectra + reorth
         assert math.isclose(run_cost(config).seconds, expected, rel_tol=1e-12), name
     usps_mlp = reference_runs(load_profile("paper"))["USPS MLP"]
     assert usps_mlp.steps == 36480 and len(usps_mlp.tangent_steps) == 40
@@ -96,6 +100,10 @@ def test_time_scales_with_steps(config):
     a, b = run_cost(config), run_cost(longer)
     fixed_a = ftle_seconds(config) if a.ftle else 0.0
     fixed_b = ftle_seconds(longer) if b.ftle else 0.0
+    if config.uses_tangent_map:  # re-orthonormalisations: a whole number per run, not proportional
+        rr = RATES[config.model]["reorth"]["momentum" if config.momentum else "plain"]
+        fixed_a += reorthonormalisations(config) * rr
+        fixed_b += reorthonormalisations(longer) * rr
     assert b.ftle == a.ftle and b.spectra == 10 * a.spectra
     assert math.isclose(b.seconds - fixed_b, 10 * (a.seconds - fixed_a), rel_tol=1e-12)
     assert (b.tangent_bytes, b.peak_bytes) == (a.tangent_bytes, a.peak_bytes)
