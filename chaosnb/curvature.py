@@ -545,8 +545,7 @@ def subspace_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     info = {"probes": products, "range_dim": int(keep.sum()), "fallback": False, "solver": solver,
             "subspace_dim": subspace.dim, "structure": "piecewise-linear, input subspace",
             "subspace": subspace, "coords": coords}  # eigenvectors = P coords (the tangent map's factored step)
-    lam, vecs = lam, subspace.up(coords)
-    return Spectrum(lam, vecs, theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
+    return Spectrum(lam, subspace.up(coords), theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
 
 
 def minibatch_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -395,11 +395,7 @@ class TangentMap:
             lam, vecs = _pair(h, n)
             lam, vecs = lam.to(w.device), vecs.to(w.device)
             complement, rank = lam.numel() < n, int((lam != 0.0).sum())
-        if not bool(torch.isfinite(lam).all()):
-            raise FloatingPointError("tangent map step: non-finite Hessian eigenvalues")
-        log_hi, log_lo, killed = _step_bounds(lam, lr, self.momentum, complement)
-        if log_hi > REORTH_LOG_NORM:
-            raise FloatingPointError(f"tangent map step grows by e^{log_hi:.0f} in one step (|lr H| too large?)")
+        log_hi, log_lo, killed = self._checked_bounds(lam, lr, complement)
         if isinstance(h, torch.Tensor):
             p = hd @ w
             scale = 1.0
@@ -433,11 +429,7 @@ class TangentMap:
         coords = h.coords.detach().to(device=w.device, dtype=torch.float64)
         if coords.ndim != 2 or coords.shape[1] != lam.numel():
             raise ValueError(f"coords must have shape (d, {lam.numel()}), got {tuple(coords.shape)}")
-        if not bool(torch.isfinite(lam).all()):
-            raise FloatingPointError("tangent map step: non-finite Hessian eigenvalues")
-        log_hi, log_lo, killed = _step_bounds(lam, lr, self.momentum, lam.numel() < n)
-        if log_hi > REORTH_LOG_NORM:
-            raise FloatingPointError(f"tangent map step grows by e^{log_hi:.0f} in one step (|lr H| too large?)")
+        log_hi, log_lo, killed = self._checked_bounds(lam, lr, lam.numel() < n)
         z = coords @ (lam[:, None] * (coords.T @ h.subspace.down(w)))  # C lam C^T P^T W, d x N
         if self._g is None:
             h.subspace.add_up_(w, z, alpha=-lr)
@@ -446,6 +438,16 @@ class TangentMap:
             h.subspace.add_up_(self._g, z, alpha=self.lr)
             w.add_(self._g, alpha=-lr / self.lr)
         self._finish_step(log_hi, log_lo, killed, int((lam != 0.0).sum()))
+
+    def _checked_bounds(self, lam: torch.Tensor, lr: float, complement: bool) -> tuple[float, float, bool]:
+        """The step's log norm bounds and whether it kills a direction (``_step_bounds``); raises for non-finite
+        eigenvalues or a step that would grow Y by more than e^REORTH_LOG_NORM."""
+        if not bool(torch.isfinite(lam).all()):
+            raise FloatingPointError("tangent map step: non-finite Hessian eigenvalues")
+        log_hi, log_lo, killed = _step_bounds(lam, lr, self.momentum, complement)
+        if log_hi > REORTH_LOG_NORM:
+            raise FloatingPointError(f"tangent map step grows by e^{log_hi:.0f} in one step (|lr H| too large?)")
+        return log_hi, log_lo, killed
 
     def _finish_step(self, log_hi: float, log_lo: float, killed: bool, rank: int) -> None:
         """The bookkeeping after a step: rank bound, block bounds, censor, re-orthonormalisation when due."""
@@ -1056,27 +1058,19 @@ exponent's error estimate then stays below log(1 + 1/64) / t)."""
 
 
 def _resolved_full_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool) -> FiniteTimeLyapunov | None:
-    """``auto``'s middle path: the SVD of the formed, scaled Y_t (``svdvals`` when no vectors are wanted); None
-    when the smallest singular value is within FULL_RESOLVE_MARGIN of the floor N eps sigma_max (the graded path
-    then resolves it); else the exponents with error estimates log(1 + N eps sigma_max / sigma_i) / t plus the
-    representation's, and all right singular vectors when wanted. Resolves about twice the Gram matrix's spread
-    (it never squares the condition number) for one SVD instead of the graded path's several."""
+    """``auto``'s middle path: :func:`finite_time_exponents` of the formed, scaled Y_t (one SVD, or ``svdvals``
+    when no vectors are wanted); None when the smallest singular value is within FULL_RESOLVE_MARGIN of the floor
+    N eps sigma_max (the graded path then resolves it); else its exponents with the representation's error added
+    to the SVD's, log(1 + N eps sigma_max / sigma_i) / t. Resolves about twice the Gram matrix's spread (it never
+    squares the condition number) for one SVD instead of the graded path's several."""
     n, t = tangent_map.num_params, tangent_map.t
     y, log_scale = tangent_map.scaled()
-    vectors = None
-    if want_vectors:  # one SVD; if it does not resolve the bottom, the graded path takes over
-        _, s, vh = _svd(y)
-        vectors = vh.T.contiguous()
-    else:
-        s = _svdvals(y)
-    floor = n * EPS64 * float(s[0])
-    if not float(s[-1]) > FULL_RESOLVE_MARGIN * floor:
-        return None
+    full = finite_time_exponents(y, t, log_scale, tol, want_vectors)
     del y
-    rel = tangent_map.relative_error
-    err = (torch.log1p(floor / s) + math.log1p(rel)) / t
-    exponents = (torch.log(s) + log_scale) / t
-    return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "full", err)
+    if not t * float(full.exponents[-1] - full.exponents[0]) > math.log(FULL_RESOLVE_MARGIN * n * EPS64):
+        return None
+    errors = full.error_estimate + math.log1p(tangent_map.relative_error) / t
+    return replace(full, resolution=-math.inf, errors=errors)
 
 
 def _graded_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:

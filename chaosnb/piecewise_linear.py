@@ -70,13 +70,25 @@ def piecewise_linear_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torc
         return flat.forward(torch.cat([theta[:start], part, theta[start + size:]]), x)
 
     jac = jacrev(logits_in_block)(theta[start:start + size])  # (B, C, size)
+    return _assemble(columns, others, start, size, _gauss_newton_block(flat, theta, x, jac))
+
+
+def _gauss_newton_block(flat, theta: torch.Tensor, x: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
+    """sum_b J_b^T A_b J_b for the logit Jacobian ``jac`` (B, C, m) of one layer's coordinates, A_b the Hessian of
+    the mean cross-entropy in the logits, (diag(p_b) - p_b p_b^T) / B."""
     p = torch.softmax(flat.forward(theta, x), dim=-1)  # (B, C)
-    batch = x.shape[0]
-    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / batch
-    h = torch.empty(n, n, dtype=theta.dtype, device=dev)
-    h[others] = columns
-    h[:, others] = columns.T
-    h[start:start + size, start:start + size] = torch.einsum("bcn,bcm->nm", jac, aj)
+    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / x.shape[0]
+    return torch.einsum("bcn,bcm->nm", jac, aj)
+
+
+def _assemble(rows: torch.Tensor, others: torch.Tensor, start: int, size: int, block: torch.Tensor
+              ) -> torch.Tensor:
+    """The symmetric Hessian from its rows ``others`` (k x n) and the diagonal block [start, start + size)."""
+    n = rows.shape[1]
+    h = torch.empty(n, n, dtype=rows.dtype, device=rows.device)
+    h[others] = rows
+    h[:, others] = rows.T
+    h[start:start + size, start:start + size] = block
     return 0.5 * (h + h.T)
 
 
@@ -116,11 +128,4 @@ def subspace_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
         return flat.forward(theta + subspace.up(z)[:, 0], x)
 
     jac = jacrev(logits_in_block)(torch.zeros(size, dtype=theta.dtype, device=dev))  # (B, C, size)
-    p = torch.softmax(flat.forward(theta, x), dim=-1)
-    batch = x.shape[0]
-    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / batch
-    h = torch.empty(d, d, dtype=theta.dtype, device=dev)
-    h[:, others] = columns
-    h[others] = columns.T
-    h[start:start + size, start:start + size] = torch.einsum("bcn,bcm->nm", jac, aj)
-    return 0.5 * (h + h.T), len(others)
+    return _assemble(columns.T, others, start, size, _gauss_newton_block(flat, theta, x, jac)), len(others)

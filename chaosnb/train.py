@@ -259,13 +259,9 @@ class Training:
     def _observe_tangent(self, t: int, opt: torch.optim.Optimizer, spec: Spectrum | None) -> None:
         """Tangent-map observer: Y <- J_t Y with the step's effective Hessian (CGD's P H when it pruned, else H)
         and the step's maximal local exponent (Theorem A.6). Raises FloatingPointError when Y blows up."""
-        plan = getattr(opt, "last_plan", None)
-        same = spec is not None and (plan is None or plan.eigenvalues is spec.eigenvalues)
-        if isinstance(self.tangent, TangentMap) and same:  # in the input subspace when the spectrum has one
-            effective = factored_hessian(spec, plan.kept if plan is not None else None)  # CGD: P_keep H
-        else:
-            effective = plan.effective_hessian() if plan is not None else spec
-        self.tangent.step(effective)
+        plan = getattr(opt, "last_plan", None)  # built from this step's spectrum (None when nothing was pruned)
+        effective = factored_hessian(spec, plan.kept if plan is not None else None)  # CGD: P_keep H; factored in
+        self.tangent.step(effective)  # the input subspace when the spectrum has one
         self.recorder.add("lle_max_step", t, max_local_exponent(effective, self.config.lr))
 
     def _observe_step(self, done: int) -> None:
