@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 import torch
 from scipy.sparse.linalg import eigsh
 
@@ -194,7 +195,7 @@ GRAM_MAX_SPREAD = 6.0
 """Fast path (Gram matrix + ``eigvalsh``) only while the row scales of T span at most this many nats."""
 GRAM_LANCZOS_FRACTION = 100
 """Fast path: Lanczos for the chaotic/uncertain eigenvectors while they are at most max(16, N / this), else
-``eigh`` (a few hundred vectors whose eigenvalues crowd around 1 make Lanczos slower than a full eigh)."""
+MRRR for their index range (a few hundred vectors whose eigenvalues crowd around 1 make Lanczos slow)."""
 GRADED_GAP = 14.0
 """Graded SVD: a window's singular value is accepted once it exceeds every remaining row scale by this many
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
@@ -982,8 +983,10 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     error estimate is
     log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
     engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
-    chaotic subspace) by Lanczos (ARPACK, fixed start vector; ``eigh`` for all vectors when more than
-    max(16, N / GRAM_LANCZOS_FRACTION) are needed), and the minimal one by block inverse iteration (Cholesky of L).
+    chaotic subspace) by Lanczos (ARPACK, fixed start vector) while they are at most
+    max(16, N / GRAM_LANCZOS_FRACTION), else by MRRR for that index range (LAPACK ``syevr``: one
+    tridiagonalisation and k vectors, ~3x faster than all N by ``eigh`` for the MLP), and the minimal one by
+    block inverse iteration (Cholesky of L).
     The other columns of ``vectors`` are an orthonormal basis of the rest of the
     non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
     perturbation strategies only need that span. Returns None (caller takes the graded path) if any
@@ -1019,15 +1022,20 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     if not want_vectors:
         return FiniteTimeLyapunov(exponents, None, int(t), -math.inf, float(tol), "gram", err)
     k = max(1, int(((exponents + err) > tol).sum()))
-    if k > limit:  # many vectors: all of them from one symmetric eigensolver
+    if k >= n - 1:  # (almost) every vector: one symmetric eigensolver
         vectors = torch.linalg.eigh(gram)[1].flip(1)
         return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
+    if k > limit:  # many vectors: the top k by MRRR after one tridiagonalisation (LAPACK syevr, index range)
+        _, found = scipy.linalg.eigh(gram.cpu().numpy(), lower=True, subset_by_index=[n - k, n - 1], driver="evr",
+                                     check_finite=False)
+        top_vecs = torch.from_numpy(np.ascontiguousarray(found[:, ::-1])).to(gram.device)
+        del found
     gram = gram.tril()
     gram += gram.tril(-1).T  # the full symmetric L for Lanczos, Cholesky and residuals
-    gram_np = gram.cpu().numpy()
-    v0 = np.cos(np.arange(n, dtype=np.float64))
-    vals, top_vecs = eigsh(gram_np, k=k, which="LA", v0=v0, tol=1e-14, ncv=min(n, max(2 * k + 1, 20)))
-    top_vecs = torch.from_numpy(top_vecs[:, np.argsort(vals)[::-1]].copy()).to(gram.device)
+    if k <= limit:
+        v0 = np.cos(np.arange(n, dtype=np.float64))
+        vals, found = eigsh(gram.cpu().numpy(), k=k, which="LA", v0=v0, tol=1e-14, ncv=min(n, max(2 * k + 1, 20)))
+        top_vecs = torch.from_numpy(found[:, np.argsort(vals)[::-1]].copy()).to(gram.device)
     # minimal eigenvector: block inverse iteration with Rayleigh-Ritz (rate lambda_1 / lambda_p+1)
     chol = torch.linalg.cholesky(gram)
     gen = torch.Generator().manual_seed(_STRUCTURED_SEED)

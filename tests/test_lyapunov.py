@@ -8,6 +8,7 @@ import math
 import mpmath
 import pytest
 import torch
+from scipy.sparse.linalg import eigsh
 from torch.func import grad, jacrev
 
 from chaosnb.curvature import dense_hessian, hessian_spectrum
@@ -696,11 +697,12 @@ def test_gram_path_equals_full_svd(momentum):
     assert torch.linalg.matrix_norm(p_full - p_fast) < 1e-8
     assert torch.allclose(fast.vectors.T @ fast.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
     mask = fast.eigenvector_mask
-    if momentum:  # 92 chaotic directions: all eigenvectors from one eigh
-        assert mask is None and fast.chaotic_dim > 16
-        mask = torch.ones(n, dtype=torch.bool)
+    assert bool(mask[0]) and bool(mask[-1])  # the chaotic/uncertain ones and the minimal one are eigenvectors
+    assert int(mask[:-1].sum()) == int(((fast.exponents + fast.error_estimate) > fast.tol).sum())
+    if momentum:  # 92 chaotic directions: MRRR for their index range (more than Lanczos takes)
+        assert fast.chaotic_dim > 16 and int(mask.sum()) > 17
     else:  # Lanczos for the few chaotic ones, inverse iteration for the minimal one
-        assert bool(mask[0]) and bool(mask[-1]) and int(mask.sum()) <= 16
+        assert int(mask.sum()) <= 17
     for i in (0, n - 1):  # the extreme directions: the full path's (up to sign)
         assert abs(float(fast.vectors[:, i] @ full.vectors[:, i])) > 1 - 1e-8
     y = tm.matrix()
@@ -757,15 +759,20 @@ def _map_with_chaotic_dim(n: int, k: int, steps: int = 15, lr: float = 0.05) -> 
 
 
 @pytest.mark.parametrize("extra", [0, 1])
-def test_gram_path_at_the_lanczos_edge_keeps_every_chaotic_vector(extra):
-    """Chaotic dimension exactly at the Lanczos limit (max(16, N / 100) = 16) and one above it (the single-eigh
+def test_gram_path_at_the_lanczos_edge_keeps_every_chaotic_vector(extra, monkeypatch):
+    """Chaotic dimension exactly at the Lanczos limit (max(16, N / 100) = 16) and one above it (the MRRR
     branch): the same chaotic dimension, chaotic projector and extreme directions as the dense full SVD. A
     missed chaotic eigenvector changes the projector by ~1 and fails this."""
+    import chaosnb.lyapunov as lyap
+
+    lanczos_calls = []
+    monkeypatch.setattr(lyap, "eigsh", lambda *a, **kw: lanczos_calls.append(kw["k"]) or eigsh(*a, **kw))
     n, k = 120, 16 + extra
     tm = _map_with_chaotic_dim(n, k)
     full, fast = tm.lyapunov(method="full"), tm.lyapunov(1e-12)
     assert fast.method == "gram" and full.chaotic_dim == k == fast.chaotic_dim
-    assert (fast.eigenvector_mask is None) == bool(extra)  # k = 17 > 16: all vectors from one eigh
+    assert lanczos_calls == ([] if extra else [k])  # k = 17 > 16: MRRR (syevr) for the top 17 instead
+    assert int(fast.eigenvector_mask.sum()) == k + 1  # the chaotic ones and the minimal one
     assert torch.all((fast.exponents - full.exponents).abs() <= fast.error_estimate + full.error_estimate)
     p_full, p_fast = (b @ b.T for b in (full.chaotic_subspace(), fast.chaotic_subspace()))
     assert torch.linalg.matrix_norm(p_full - p_fast, ord=2) < 1e-8
