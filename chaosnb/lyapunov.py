@@ -27,7 +27,6 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 import torch
-from scipy.sparse.linalg import eigsh
 
 from chaosnb.curvature import Spectrum
 
@@ -193,9 +192,6 @@ GRADED_WINDOW = 10.0
 """Graded SVD: rows within this many nats of the current top row scale form one window."""
 GRAM_MAX_SPREAD = 6.0
 """Fast path (Gram matrix + ``eigvalsh``) only while the row scales of T span at most this many nats."""
-GRAM_LANCZOS_FRACTION = 100
-"""Fast path: Lanczos for the chaotic/uncertain eigenvectors while they are at most max(16, N / this), else
-MRRR for their index range (a few hundred vectors whose eigenvalues crowd around 1 make Lanczos slow)."""
 GRADED_GAP = 14.0
 """Graded SVD: a window's singular value is accepted once it exceeds every remaining row scale by this many
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
@@ -797,8 +793,8 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
     the Gram matrix's, for one SVD), else the graded path.
 
     ``vectors=False`` asks for the exponents only (with their error estimates, chaotic dimension and
-    resolution): the gram path then stops after the eigenvalues of L_t (one ``eigvalsh``, no inertia count, no
-    eigenvector) and the full path after the singular values; ``vectors`` of the result is None and the subspace
+    resolution): the gram path then stops after the eigenvalues of L_t (one ``eigvalsh``, no eigenvector) and
+    the full path after the singular values; ``vectors`` of the result is None and the subspace
     methods raise. The exponents equal those of the same path with vectors up to the rounding of another LAPACK
     driver. The structured and graded paths need their vectors on the way and return them.
     """
@@ -975,24 +971,70 @@ def _gram_lower(ys: torch.Tensor, blocks: int = GRAM_BLOCKS) -> torch.Tensor:
     return gram
 
 
+class _Tridiagonal:
+    """L = Q T Q^T for the symmetric N x N matrix whose lower triangle is ``lower`` (the upper is not read): one
+    blocked Householder tridiagonalisation (LAPACK ``sytrd``, ~4/3 N^3 flops, what ``eigvalsh`` spends too),
+    after which all eigenvalues (``sterf``) and any eigenvectors (MRRR, ``stemr``, O(N) each, plus the
+    back-transformation Q Z by ``ormqr`` on the reflectors, 2 N^2 flops each) are cheap. CPU only; raises
+    ``numpy.linalg.LinAlgError`` if a LAPACK step reports failure."""
+
+    def __init__(self, lower: torch.Tensor) -> None:
+        n = self.n = lower.shape[0]
+        self.device = lower.device
+        lapack = scipy.linalg.lapack
+        lwork, _ = lapack.dsytrd_lwork(n, lower=1)
+        a = np.asfortranarray(lower.detach().cpu().numpy())
+        self.c, self.d, e, self.tau, info = lapack.dsytrd(a, lower=1, lwork=int(lwork), overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
+        self.e = np.zeros(n)
+        self.e[:-1] = e
+
+    def eigenvalues(self) -> torch.Tensor:
+        """All eigenvalues, ascending (``sterf``)."""
+        vals, info = scipy.linalg.lapack.dsterf(self.d.copy(), self.e[:-1].copy())
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dsterf failed (info {info})")
+        return torch.from_numpy(vals).to(self.device)
+
+    def _mrrr(self, il: int, iu: int) -> np.ndarray:
+        """Eigenvectors il..iu (1-based, ascending) of T."""
+        m, _, z, info = scipy.linalg.lapack.dstemr(self.d.copy(), self.e.copy(), 2, 0.0, 0.0, il, iu, compute_v=1)
+        if info != 0 or m != iu - il + 1:
+            raise np.linalg.LinAlgError(f"dstemr failed (info {info}, {m} of {iu - il + 1} vectors)")
+        return z[:, :m]
+
+    def extreme_eigenvectors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvectors of L for its k largest eigenvalues (columns, descending) and its smallest (N x 1),
+        1 <= k <= N - 2."""
+        n = self.n
+        z = np.asfortranarray(np.concatenate([self._mrrr(n - k + 1, n)[:, ::-1], self._mrrr(1, 1)], axis=1))
+        # Q = diag(1, Q~), Q~ the product of the n - 1 reflectors stored QR-style below the subdiagonal
+        qz, _, info = scipy.linalg.lapack.dormqr("L", "N", self.c[1:, :n - 1], self.tau[:n - 1], z[1:],
+                                                 lwork=64 * (k + 1))
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dormqr failed (info {info})")
+        z[1:] = qz
+        vecs = torch.from_numpy(np.ascontiguousarray(z)).to(self.device)
+        return vecs[:, :k], vecs[:, k:]
+
+
 def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = True) -> FiniteTimeLyapunov | None:
     """The fast path of :func:`finite_time_lyapunov` when the spectrum is narrow (None when it does not apply).
 
     L_t = Y^T Y from the formed Y (row scales of T within GRAM_MAX_SPREAD nats; lower triangle only,
-    :func:`_gram_lower`), all eigenvalues by ``eigvalsh`` (absolute error ~ N eps lambda_max, so each exponent's
-    error estimate is
-    log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), and eigenvectors only where the
-    engine needs them: the chaotic and uncertain ones (lambda_i - err <= tol < lambda_i + err, they decide the
-    chaotic subspace) by Lanczos (ARPACK, fixed start vector) while they are at most
-    max(16, N / GRAM_LANCZOS_FRACTION), else by MRRR for that index range (LAPACK ``syevr``: one
-    tridiagonalisation and k vectors, ~3x faster than all N by ``eigh`` for the MLP), and the minimal one by
-    block inverse iteration (Cholesky of L).
-    The other columns of ``vectors`` are an orthonormal basis of the rest of the
-    non-chaotic subspace (``eigenvector_mask`` False there): the non-chaotic subspace and the
-    perturbation strategies only need that span. Returns None (caller takes the graded path) if any
-    eigenvalue is at the noise floor or the spread is too wide, before any eigenvector is computed.
-    ``want_vectors=False``: the Gram matrix and ``eigvalsh`` only (``vectors`` None); the exponents are the same
-    numbers with and without vectors (both from the one ``eigvalsh``).
+    :func:`_gram_lower`) and all its eigenvalues (absolute error ~ N eps lambda_max, so each exponent's error
+    estimate is log(1 + N eps lambda_max / lambda_i) / (2t) plus the representation's), checked against the noise
+    floor before any eigenvector is computed. ``want_vectors=False``: ``eigvalsh`` only (``vectors`` None).
+    With vectors, the eigenvalues come from the tridiagonal reduction the vectors need too (:class:`_Tridiagonal`;
+    the same values up to the rounding of another LAPACK driver) and eigenvectors only where the engine needs
+    them: the chaotic ones (lambda_i - err > tol, ``chaotic_mask``; at least the top one) and the minimal one, by
+    MRRR and the back-transformation. The other columns of ``vectors`` are an orthonormal basis of the rest of the
+    non-chaotic subspace (``eigenvector_mask`` False there): the chaotic subspace is the span of the first, the
+    non-chaotic subspace its complement, and the perturbation strategies take the top and the minimal
+    eigenvector; uncertain directions are non-chaotic (``chaotic_mask``), so their eigenvectors are not needed.
+    All N vectors by ``eigh`` when k >= N - 1, on an accelerator, or if LAPACK reports a failure. Returns None
+    (the caller takes another path) if any eigenvalue is at the noise floor or the spread is too wide.
     """
     n, t = tangent_map.num_params, tangent_map.t
     w, rho, tt = tangent_map._w, tangent_map._rho, tangent_map._tt
@@ -1010,8 +1052,13 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     gram = _gram_lower(ys)  # lower triangle only
     if rho is not None:
         del ys
-    limit = max(16, n // GRAM_LANCZOS_FRACTION)
-    lam = torch.linalg.eigvalsh(gram)  # ascending; checked before any eigenvector is computed
+    tri = None
+    if want_vectors and gram.device.type == "cpu":  # the eigenvalues from the reduction the vectors need too
+        try:
+            tri = _Tridiagonal(gram)
+        except np.linalg.LinAlgError:
+            tri = None
+    lam = tri.eigenvalues() if tri is not None else torch.linalg.eigvalsh(gram)  # ascending; checked first
     top = float(lam[-1])
     if not top > 0.0 or float(lam[0]) <= 4.0 * n * EPS64 * top:
         return None
@@ -1021,33 +1068,17 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     exponents = (torch.log(lam) + 2.0 * shift) / (2.0 * t)
     if not want_vectors:
         return FiniteTimeLyapunov(exponents, None, int(t), -math.inf, float(tol), "gram", err)
-    k = max(1, int(((exponents + err) > tol).sum()))
-    if k >= n - 1:  # (almost) every vector: one symmetric eigensolver
+    k = max(1, int(((exponents - err) > tol).sum()))  # the chaotic ones (at least the top one)
+    top_vecs = None  # all vectors by eigh: (almost) every vector wanted, an accelerator, or a LAPACK failure
+    if k < n - 1 and tri is not None:
+        try:
+            top_vecs, bottom = tri.extreme_eigenvectors(k)
+        except np.linalg.LinAlgError:
+            top_vecs = None
+    del tri
+    if top_vecs is None:
         vectors = torch.linalg.eigh(gram)[1].flip(1)
         return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
-    if k > limit:  # many vectors: the top k by MRRR after one tridiagonalisation (LAPACK syevr, index range)
-        _, found = scipy.linalg.eigh(gram.cpu().numpy(), lower=True, subset_by_index=[n - k, n - 1], driver="evr",
-                                     check_finite=False)
-        top_vecs = torch.from_numpy(np.ascontiguousarray(found[:, ::-1])).to(gram.device)
-        del found
-    gram = gram.tril()
-    gram += gram.tril(-1).T  # the full symmetric L for Lanczos, Cholesky and residuals
-    if k <= limit:
-        v0 = np.cos(np.arange(n, dtype=np.float64))
-        vals, found = eigsh(gram.cpu().numpy(), k=k, which="LA", v0=v0, tol=1e-14, ncv=min(n, max(2 * k + 1, 20)))
-        top_vecs = torch.from_numpy(found[:, np.argsort(vals)[::-1]].copy()).to(gram.device)
-    # minimal eigenvector: block inverse iteration with Rayleigh-Ritz (rate lambda_1 / lambda_p+1)
-    chol = torch.linalg.cholesky(gram)
-    gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
-    x = torch.randn(n, min(16, n), generator=gen, dtype=torch.float64, device=gen.device)
-    x = torch.linalg.qr(x.to(gram.device))[0]
-    for _ in range(100):
-        x = torch.linalg.qr(torch.cholesky_solve(x, chol))[0]
-        theta, rv = torch.linalg.eigh(x.T @ gram @ x)
-        bottom = x @ rv[:, :1]
-        residual = float(torch.linalg.vector_norm(gram @ bottom - theta[0] * bottom))
-        if residual <= 10.0 * n * EPS64 * top:  # converged to the rounding level of L
-            break
     bottom = bottom - top_vecs @ (top_vecs.T @ bottom)
     bottom /= torch.linalg.vector_norm(bottom)
     q, _ = torch.linalg.qr(torch.cat([top_vecs, bottom], dim=1), mode="complete")
