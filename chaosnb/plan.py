@@ -62,9 +62,10 @@ from chaosnb.config import RunConfig
 # rates (0.59 s / 0.66 s idle before) are divided by the speed-up of chaosnb.piecewise_linear measured in one run
 # under load (1.6x for a CGD step, 1.8x for a tangent step).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
-# "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 34.3 s with the
-# eigenvectors, 7.4 s exponents only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds
-# ~7 s later: 38 / 9 s); one SVD 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the
+# "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 7.4 s exponents
+# only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds ~2 s later: 9 s); with the
+# eigenvectors 20.5 s (USPS map at t = 100, lr 1e-2, one thread, 1 Dec 2026 00:10 UTC+1: one tridiagonal reduction,
+# MRRR for the 180 chaotic vectors and the minimal one; 34-38 s before, with all N by eigh); one SVD 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the
 # USPS map at t = 300, lr 1e-2); graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
 # and the fallback ran for more than 8 minutes before I stopped it). "reorth": seconds of one
 # re-orthonormalisation of the tangent map (QR of the N x N block, 2N x N with momentum, and the graded product;
@@ -82,7 +83,7 @@ from chaosnb.config import RunConfig
 RATES: dict[str, dict] = {
     "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.085, "dense": 12.1},
             "tangent": {"lowrank": 0.206, "dense": 12.5}, "momentum": 1.24, "batch_exponent": 0.6,
-            "ftle": {"gram": 38.0, "gram_values": 9.0, "full": 75.0, "full_values": 15.0, "graded": 600.0},
+            "ftle": {"gram": 21.0, "gram_values": 9.0, "full": 75.0, "full_values": 15.0, "graded": 600.0},
             "reorth": {"plain": 19.0, "momentum": 34.0}, "reorth_lr_steps": 0.37,
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
     "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
