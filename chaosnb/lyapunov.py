@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 from chaosnb.curvature import Spectrum
 
@@ -197,16 +198,20 @@ GRADED_GAP = 14.0
 nats (the deflation error is then below N e^(-2 GRADED_GAP) relative)."""
 
 
+def _scipy_threads() -> threadpool_limits:
+    """scipy's BLAS (its own OpenBLAS) limited to torch's thread count for the duration: a run's worker is given
+    one torch thread, and scipy's pool would otherwise start one thread per core in every worker."""
+    return threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+
+
 def _scipy_svd(a: torch.Tensor, compute_uv: bool):
     """scipy's SVD (its own LAPACK): divide and conquer first, then the QR-iteration driver ``gesvd``."""
-    import numpy as np
-    import scipy.linalg
-
     m = a.cpu().numpy()
-    try:
-        out = scipy.linalg.svd(m, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesdd")
-    except (np.linalg.LinAlgError, ValueError):
-        out = scipy.linalg.svd(m, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
+    with _scipy_threads():
+        try:
+            out = scipy.linalg.svd(m, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesdd")
+        except (np.linalg.LinAlgError, ValueError):
+            out = scipy.linalg.svd(m, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
     return tuple(torch.from_numpy(x).to(a.device) for x in out) if compute_uv else torch.from_numpy(out).to(a.device)
 
 
@@ -984,7 +989,8 @@ class _Tridiagonal:
         lapack = scipy.linalg.lapack
         lwork, _ = lapack.dsytrd_lwork(n, lower=1)
         a = np.asfortranarray(lower.detach().cpu().numpy())
-        self.c, self.d, e, self.tau, info = lapack.dsytrd(a, lower=1, lwork=int(lwork), overwrite_a=1)
+        with _scipy_threads():
+            self.c, self.d, e, self.tau, info = lapack.dsytrd(a, lower=1, lwork=int(lwork), overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
         self.e = np.zeros(n)
@@ -1004,19 +1010,39 @@ class _Tridiagonal:
             raise np.linalg.LinAlgError(f"dstemr failed (info {info}, {m} of {iu - il + 1} vectors)")
         return z[:, :m]
 
-    def extreme_eigenvectors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvectors of L for its k largest eigenvalues (columns, descending) and its smallest (N x 1),
-        1 <= k <= N - 2."""
+    def eigenvectors(self, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Eigenvectors of L for the 1-based index ranges (il, iu) of the ascending eigenvalues, each range's
+        columns in descending order, the ranges side by side."""
         n = self.n
-        z = np.asfortranarray(np.concatenate([self._mrrr(n - k + 1, n)[:, ::-1], self._mrrr(1, 1)], axis=1))
+        z = np.asfortranarray(np.concatenate([self._mrrr(il, iu)[:, ::-1] for il, iu in ranges], axis=1))
         # Q = diag(1, Q~), Q~ the product of the n - 1 reflectors stored QR-style below the subdiagonal
-        qz, _, info = scipy.linalg.lapack.dormqr("L", "N", self.c[1:, :n - 1], self.tau[:n - 1], z[1:],
-                                                 lwork=64 * (k + 1))
+        with _scipy_threads():
+            qz, _, info = scipy.linalg.lapack.dormqr("L", "N", self.c[1:, :n - 1], self.tau[:n - 1], z[1:],
+                                                     lwork=64 * z.shape[1])
         if info != 0:
             raise np.linalg.LinAlgError(f"dormqr failed (info {info})")
         z[1:] = qz
-        vecs = torch.from_numpy(np.ascontiguousarray(z)).to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(z)).to(self.device)
+
+    def extreme_eigenvectors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvectors of L for its k largest eigenvalues (columns, descending) and its smallest (N x 1),
+        1 <= k <= N - 2."""
+        vecs = self.eigenvectors([(self.n - k + 1, self.n), (1, 1)])
         return vecs[:, :k], vecs[:, k:]
+
+
+def _completed_basis(top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[top, an orthonormal basis of the rest, bottom] (N x N) and the mask of the given columns: ``bottom`` is
+    first made orthogonal to ``top``, the middle comes from a complete QR of [top, bottom]."""
+    n, k = top.shape
+    bottom = bottom - top @ (top.T @ bottom)
+    bottom = bottom / torch.linalg.vector_norm(bottom)
+    q, _ = torch.linalg.qr(torch.cat([top, bottom], dim=1), mode="complete")
+    vectors = torch.cat([top, q[:, k + 1:], bottom], dim=1)
+    mask = torch.zeros(n, dtype=torch.bool, device=top.device)
+    mask[:k] = True
+    mask[-1] = True
+    return vectors, mask
 
 
 def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = True) -> FiniteTimeLyapunov | None:
@@ -1079,14 +1105,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
     if top_vecs is None:
         vectors = torch.linalg.eigh(gram)[1].flip(1)
         return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err)
-    bottom = bottom - top_vecs @ (top_vecs.T @ bottom)
-    bottom /= torch.linalg.vector_norm(bottom)
-    q, _ = torch.linalg.qr(torch.cat([top_vecs, bottom], dim=1), mode="complete")
-    middle = q[:, k + 1:]  # orthonormal, orthogonal to the chosen eigenvectors
-    vectors = torch.cat([top_vecs, middle, bottom], dim=1)
-    mask = torch.zeros(n, dtype=torch.bool, device=gram.device)
-    mask[:k] = True
-    mask[-1] = True
+    vectors, mask = _completed_basis(top_vecs, bottom)
     return FiniteTimeLyapunov(exponents, vectors, int(t), -math.inf, float(tol), "gram", err, mask)
 
 
@@ -1097,19 +1116,61 @@ exponent's error estimate then stays below log(1 + 1/64) / t)."""
 
 
 def _resolved_full_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool) -> FiniteTimeLyapunov | None:
-    """``auto``'s middle path: :func:`finite_time_exponents` of the formed, scaled Y_t (one SVD, or ``svdvals``
-    when no vectors are wanted); None when the smallest singular value is within FULL_RESOLVE_MARGIN of the floor
-    N eps sigma_max (the graded path then resolves it); else its exponents with the representation's error added
-    to the SVD's, log(1 + N eps sigma_max / sigma_i) / t. Resolves about twice the Gram matrix's spread (it never
-    squares the condition number) for one SVD instead of the graded path's several."""
+    """``auto``'s middle path: the singular values of the formed, scaled Y_t (``svdvals``); None when the smallest
+    is within FULL_RESOLVE_MARGIN of the floor N eps sigma_max (the graded path then resolves it); else their
+    exponents with the representation's error added to the SVD's, log(1 + N eps sigma_max / sigma_i) / t. Resolves
+    about twice the Gram matrix's spread (it never squares the condition number). With vectors: those the engine
+    needs (:func:`_extreme_right_singular_vectors`), not a full SVD."""
     n, t = tangent_map.num_params, tangent_map.t
     y, log_scale = tangent_map.scaled()
-    full = finite_time_exponents(y, t, log_scale, tol, want_vectors)
-    del y
+    full = finite_time_exponents(y, t, log_scale, tol, vectors=False)
     if not t * float(full.exponents[-1] - full.exponents[0]) > math.log(FULL_RESOLVE_MARGIN * n * EPS64):
         return None
     errors = full.error_estimate + math.log1p(tangent_map.relative_error) / t
-    return replace(full, resolution=-math.inf, errors=errors)
+    full = replace(full, resolution=-math.inf, errors=errors)
+    if not want_vectors:
+        return full
+    k = max(1, full.chaotic_dim)
+    found = _extreme_right_singular_vectors(y, k) if k < n - 1 and y.device.type == "cpu" else None
+    if found is None:  # all N vectors from one SVD
+        return replace(full, vectors=_svd(y)[2].T.contiguous())
+    vectors, mask = _completed_basis(*found)
+    return replace(full, vectors=vectors, eigenvector_mask=mask)
+
+
+INVERSE_ITERATION_BLOCK = 16
+"""Block size of the inverse iteration for the minimal right singular vector (rate (sigma_1 / sigma_17)^2)."""
+
+
+def _extreme_right_singular_vectors(y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The right singular vectors of y for its k largest singular values (columns, descending) and its smallest
+    (N x 1), where the singular values are all resolved (``_resolved_full_exponents``); None if LAPACK fails.
+
+    The top k as eigenvectors of L = y^T y (:class:`_Tridiagonal`; their eigenvalues are >= the chaotic threshold,
+    far above L's rounding floor N eps sigma_max^2, so L loses nothing there). The minimal one by block inverse
+    iteration with R from a Householder QR of y (y = Q R, backward stable, so L = R^T R without forming it):
+    x <- R^-1 R^-T x, Rayleigh-Ritz on R x, until the residual of R^T R is at the rounding level of the SVD,
+    N eps sigma_max^2 (rate (sigma_1 / sigma_(p+1))^2 per sweep)."""
+    n = y.shape[1]
+    try:
+        top = _Tridiagonal(_gram_lower(y)).eigenvectors([(n - k + 1, n)])
+    except np.linalg.LinAlgError:
+        return None
+    r = torch.linalg.qr(y, mode="r")[1]
+    gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
+    x = torch.randn(n, min(INVERSE_ITERATION_BLOCK, n), generator=gen, dtype=torch.float64, device=gen.device)
+    x = torch.linalg.qr(x.to(y.device))[0]
+    floor = 10.0 * n * EPS64 * float(torch.linalg.matrix_norm(r, ord=2)) ** 2
+    for _ in range(100):
+        x = torch.linalg.solve_triangular(r.T, x, upper=False)
+        x = torch.linalg.qr(torch.linalg.solve_triangular(r, x, upper=True))[0]
+        rx = r @ x
+        theta, rv = torch.linalg.eigh(rx.T @ rx)
+        bottom = x @ rv[:, :1]
+        residual = float(torch.linalg.vector_norm(r.T @ (r @ bottom) - theta[0] * bottom))
+        if residual <= floor:
+            break
+    return top, bottom
 
 
 def _graded_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:

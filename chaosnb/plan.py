@@ -64,9 +64,10 @@ from chaosnb.config import RunConfig
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
 # "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 7.4 s exponents
 # only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds ~2 s later: 9 s); with the
-# eigenvectors 20.5 s (USPS map at t = 100, lr 1e-2, one thread, 1 Dec 2026 00:10 UTC+1: one tridiagonal reduction,
-# MRRR for the 180 chaotic vectors and the minimal one; 34-38 s before, with all N by eigh); one SVD 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the
-# USPS map at t = 300, lr 1e-2); graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
+# eigenvectors 20.5 s (USPS map at t = 100, lr 1e-2, one thread, 30 Nov 2026 22:45 UTC: one tridiagonal
+# reduction, MRRR for the 180 chaotic vectors and the minimal one; 34-38 s before, all N by eigh); one SVD
+# 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the USPS map at t = 300, lr 1e-2);
+# graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
 # and the fallback ran for more than 8 minutes before I stopped it). "reorth": seconds of one
 # re-orthonormalisation of the tangent map (QR of the N x N block, 2N x N with momentum, and the graded product;
 # Fashion-MNIST MLP at lr 1e-2, 140 steps: 4 of them took 76 s without momentum, 3 took 103 s with it), one

@@ -890,9 +890,15 @@ def test_auto_takes_the_svd_between_the_gram_and_graded_paths(vectors):
     assert ft.method == "full" and ft.num_unresolved == 0 and tm.reorthonormalisations > 0
     assert torch.all((ft.exponents - exact).abs() <= ft.error_estimate)
     assert ft.chaotic_dim == int((exact > 0).sum()) > 0
-    if vectors:
+    if vectors:  # the chaotic vectors (from L's tridiagonal reduction) and the minimal one (inverse iteration on R)
         overlaps = (ft.vectors.T @ q[:, order]).abs().diagonal()
-        assert float(overlaps[:ft.chaotic_dim].min()) > 1 - 1e-8
+        assert float(overlaps[:ft.chaotic_dim].min()) > 1 - 1e-8 and float(overlaps[-1]) > 1 - 1e-8
+        assert int(ft.eigenvector_mask.sum()) == ft.chaotic_dim + 1 and bool(ft.eigenvector_mask[-1])
+        assert torch.allclose(ft.vectors.T @ ft.vectors, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
+        whole = tm.lyapunov(1e-12, method="full")  # one SVD: every vector
+        p_whole, p_ft = (b @ b.T for b in (whole.chaotic_subspace(), ft.chaotic_subspace()))
+        assert torch.linalg.matrix_norm(p_whole - p_ft, ord=2) < 1e-8
+        assert torch.all((whole.exponents - ft.exponents).abs() <= ft.error_estimate)
     else:
         assert ft.vectors is None
     for _ in range(16):
