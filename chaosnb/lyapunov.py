@@ -1083,7 +1083,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
         try:
             tri = _Tridiagonal(gram)
         except np.linalg.LinAlgError:
-            tri = None
+            pass
     lam = tri.eigenvalues() if tri is not None else torch.linalg.eigvalsh(gram)  # ascending; checked first
     top = float(lam[-1])
     if not top > 0.0 or float(lam[0]) <= 4.0 * n * EPS64 * top:
@@ -1100,7 +1100,7 @@ def _gram_exponents(tangent_map: TangentMap, tol: float, want_vectors: bool = Tr
         try:
             top_vecs, bottom = tri.extreme_eigenvectors(k)
         except np.linalg.LinAlgError:
-            top_vecs = None
+            pass
     del tri
     if top_vecs is None:
         vectors = torch.linalg.eigh(gram)[1].flip(1)
@@ -1131,7 +1131,8 @@ def _resolved_full_exponents(tangent_map: TangentMap, tol: float, want_vectors: 
     if not want_vectors:
         return full
     k = max(1, full.chaotic_dim)
-    found = _extreme_right_singular_vectors(y, k) if k < n - 1 and y.device.type == "cpu" else None
+    sigma_max = math.exp(t * float(full.exponents[0]) - log_scale)  # of the scaled y, from the svdvals above
+    found = _extreme_right_singular_vectors(y, k, sigma_max) if k < n - 1 and y.device.type == "cpu" else None
     if found is None:  # all N vectors from one SVD
         return replace(full, vectors=_svd(y)[2].T.contiguous())
     vectors, mask = _completed_basis(*found)
@@ -1142,9 +1143,11 @@ INVERSE_ITERATION_BLOCK = 16
 """Block size of the inverse iteration for the minimal right singular vector (rate (sigma_1 / sigma_17)^2)."""
 
 
-def _extreme_right_singular_vectors(y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _extreme_right_singular_vectors(y: torch.Tensor, k: int, sigma_max: float
+                                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The right singular vectors of y for its k largest singular values (columns, descending) and its smallest
-    (N x 1), where the singular values are all resolved (``_resolved_full_exponents``); None if LAPACK fails.
+    (N x 1), where the singular values are all resolved (``_resolved_full_exponents``, which passes y's largest
+    singular value ``sigma_max``); None if LAPACK fails.
 
     The top k as eigenvectors of L = y^T y (:class:`_Tridiagonal`; their eigenvalues are >= the chaotic threshold,
     far above L's rounding floor N eps sigma_max^2, so L loses nothing there). The minimal one by block inverse
@@ -1160,7 +1163,7 @@ def _extreme_right_singular_vectors(y: torch.Tensor, k: int) -> tuple[torch.Tens
     gen = torch.Generator().manual_seed(_STRUCTURED_SEED)
     x = torch.randn(n, min(INVERSE_ITERATION_BLOCK, n), generator=gen, dtype=torch.float64, device=gen.device)
     x = torch.linalg.qr(x.to(y.device))[0]
-    floor = 10.0 * n * EPS64 * float(torch.linalg.matrix_norm(r, ord=2)) ** 2
+    floor = 10.0 * n * EPS64 * sigma_max**2  # ||R||_2 = sigma_max(y)
     for _ in range(100):
         x = torch.linalg.solve_triangular(r.T, x, upper=False)
         x = torch.linalg.qr(torch.linalg.solve_triangular(r, x, upper=True))[0]
