@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import grad, jacrev, vjp, vmap
 
+from chaosnb import one_hidden_layer
 from chaosnb.piecewise_linear import is_piecewise_linear, piecewise_linear_hessian, subspace_hessian
 
 METHODS = ("dense", "lowrank")
@@ -521,29 +522,36 @@ def hessian_spectrum(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.
 def subspace_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, subspace: InputSubspace, *,
                       rtol: float = DEFAULT_RTOL, atol: float | None = None, range_rtol: float | None = None,
                       compute_dtype: torch.dtype | None = torch.float64) -> Spectrum:
-    """Exact low-rank spectrum of a piecewise-linear network's mini-batch Hessian from its input subspace P.
+    """Exact low-rank spectrum of a mini-batch Hessian from the input subspace P, for a one-hidden-layer MLP (any
+    activation) or a piecewise-linear network.
 
-    H = P M P^T with M = P^T H P (d x d, :func:`chaosnb.piecewise_linear.subspace_hessian`: d - n_max
-    Hessian-vector products and one Gauss-Newton block, no random probe, no certificate needed: the identity is
-    exact). M = W diag(lambda) W^T by :func:`symmetric_eigh`; the pairs with |lambda| > ``range_rtol`` max|lambda|
-    (default 1e3 eps, the sketch's range threshold) are kept as (lambda, P W), the rest of R^N is the implicit
-    zero eigenspace. Deterministic; the same Spectrum fields as :func:`lowrank_spectrum` (``info["probes"]`` =
-    the products taken)."""
+    H = P M P^T with M = P^T H P (d x d): in closed form for a one-hidden-layer MLP
+    (:func:`chaosnb.one_hidden_layer.subspace_hessian`, no Hessian-vector product), else from d - n_max
+    Hessian-vector products and one Gauss-Newton block (:func:`chaosnb.piecewise_linear.subspace_hessian`); no
+    random probe, no certificate needed: the identity is exact). M = W diag(lambda) W^T by :func:`symmetric_eigh`;
+    the pairs with |lambda| > ``range_rtol`` max|lambda| (default 1e3 eps, the sketch's range threshold) are kept
+    as (lambda, P W), the rest of R^N is the implicit zero eigenspace. Deterministic; the same Spectrum fields as
+    :func:`lowrank_spectrum` (``info["probes"]`` = the products taken)."""
     theta = theta.detach()
     if compute_dtype is not None:
         theta = theta.to(compute_dtype)
     dtype = theta.dtype
     if range_rtol is None:
         range_rtol = 1e3 * torch.finfo(dtype).eps
-    m, products = subspace_hessian(flat, theta, x.to(dtype), y, subspace)
+    if one_hidden_layer.layers(flat.module) is not None:  # closed form, no product
+        m, products = one_hidden_layer.subspace_hessian(flat, theta, x.to(dtype), y, subspace), 0
+        structure = "one hidden layer, input subspace, closed form"
+    else:
+        m, products = subspace_hessian(flat, theta, x.to(dtype), y, subspace)
+        structure = "piecewise-linear, input subspace"
     if not bool(torch.isfinite(m).all()):
-        raise HessianDiverged("Hessian-vector products are non-finite")
+        raise HessianDiverged("the Hessian in the input subspace is non-finite")
     lam, w, solver = symmetric_eigh(m)
     scale = float(lam.abs().max()) if lam.numel() else 0.0
     keep = lam.abs() > range_rtol * scale
     lam, coords = lam[keep], w[:, keep].contiguous()
     info = {"probes": products, "range_dim": int(keep.sum()), "fallback": False, "solver": solver,
-            "subspace_dim": subspace.dim, "structure": "piecewise-linear, input subspace",
+            "subspace_dim": subspace.dim, "structure": structure,
             "subspace": subspace, "coords": coords}  # eigenvectors = P coords (the tangent map's factored step)
     return Spectrum(lam, subspace.up(coords), theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
 
@@ -551,13 +559,14 @@ def subspace_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
 def minibatch_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                        method: str = "lowrank", **kwargs) -> Spectrum:
     """Spectrum of the mini-batch loss L_B(theta) of a :class:`chaosnb.models.FlatModel`; the low-rank method
-    works in the model's :func:`input_subspace` when it has one (the MLP): for a piecewise-linear network it
-    eigendecomposes the exact P^T H P (:func:`subspace_spectrum`), otherwise it sketches range(H) inside P
-    (:func:`lowrank_spectrum`); the dense method builds the Hessian of a piecewise-linear network from about half
-    its columns (:mod:`chaosnb.piecewise_linear`)."""
+    works in the model's :func:`input_subspace` when it has one (the MLP): for a one-hidden-layer MLP or a
+    piecewise-linear network it eigendecomposes the exact P^T H P (:func:`subspace_spectrum`), otherwise it
+    sketches range(H) inside P (:func:`lowrank_spectrum`); the dense method builds the Hessian of a
+    piecewise-linear network from about half its columns (:mod:`chaosnb.piecewise_linear`)."""
     if method == "lowrank" and kwargs.get("single_pass", True) and "subspace" not in kwargs:
         kwargs["subspace"] = input_subspace(flat, x, kwargs.get("compute_dtype", torch.float64) or theta.dtype)
-        if kwargs["subspace"] is not None and is_piecewise_linear(flat.module) and "hvp" not in kwargs:
+        exact = is_piecewise_linear(flat.module) or one_hidden_layer.layers(flat.module) is not None
+        if kwargs["subspace"] is not None and exact and "hvp" not in kwargs:
             return subspace_spectrum(flat, theta, x, y, kwargs["subspace"], rtol=kwargs.get("rtol", DEFAULT_RTOL),
                                      atol=kwargs.get("atol"), range_rtol=kwargs.get("range_rtol"),
                                      compute_dtype=kwargs.get("compute_dtype", torch.float64))

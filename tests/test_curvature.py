@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from torch import nn
 from torch.func import grad, hessian, jacrev
 
-from chaosnb import curvature
+from chaosnb import curvature, one_hidden_layer
 from chaosnb.curvature import (
     dense_hessian,
     hessian_spectrum,
@@ -12,7 +13,8 @@ from chaosnb.curvature import (
     minibatch_spectrum,
     spectrum_from_matrix,
 )
-from chaosnb.piecewise_linear import is_piecewise_linear
+from chaosnb.models import FlatModel
+from chaosnb.piecewise_linear import subspace_hessian
 from tests.conftest import tiny_case
 
 
@@ -228,8 +230,8 @@ def test_single_pass_sketch_equals_float64_eigh_on_the_zoo(tiny, via_minibatch):
     else:
         spec = hessian_spectrum(flat.loss_fn(x, y), theta, method="lowrank", **kwargs)
     assert spec.method == "lowrank" and not spec.info["fallback"]
-    if via_minibatch and spec.info.get("structure"):  # a ReLU MLP: the exact P^T H P, no sketch to certify
-        assert is_piecewise_linear(flat.module) and spec.info["probes"] < flat.num_params
+    if via_minibatch and spec.info.get("structure"):  # an MLP: the exact P^T H P, no sketch to certify
+        assert one_hidden_layer.layers(flat.module) is not None and spec.info["probes"] == 0
     else:
         assert spec.info["certificate"] <= 1e3 * torch.finfo(torch.float64).eps
     _assert_exact(spec, h)
@@ -344,36 +346,53 @@ def test_usps_cnn_batch_8_sketch_is_exact_without_falling_back(data_root):
 
 
 # ------------------------------------------------------------------------- exact spectrum in the input subspace
+def _two_hidden_layers(seed: int) -> FlatModel:
+    """A piecewise-linear MLP that is not one-hidden-layer (6 -> 5 -> 4 -> 3): the products path."""
+    torch.manual_seed(seed)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    return FlatModel(module.double())
+
+
+@pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_subspace_spectrum_equals_float64_eigh(batch, seed):
-    """P^T H P from d - n_max products + one Gauss-Newton block (tiny ReLU MLP, first layer 6 -> 5, so s = batch
-    up to 6): eigenvalues equal to eigh of torch.func.hessian's within 1e-12 max|lambda|, H v = lambda v, the
-    zero space implicit; fewer products than the sketch."""
+def test_subspace_spectrum_equals_float64_eigh(batch, seed, depth):
+    """P^T H P (tiny ReLU MLPs, first layer 6 -> 5, so s = batch up to 6) in closed form (one hidden layer) or from
+    d - n_max products + one Gauss-Newton block (two hidden layers): eigenvalues equal to eigh of
+    torch.func.hessian's within 1e-12 max|lambda|, H v = lambda v, the zero space implicit; the sketch's rank."""
     flat, theta, x, y = tiny_case("mlp-relu", batch=batch, seed=seed)
+    if depth == 2:
+        flat = _two_hidden_layers(seed)
+        theta = flat.initial_theta()
     theta = theta + 0.3 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
     h = reference_hessian(flat.loss_fn(x, y), theta)
     sub = curvature.input_subspace(flat, x)
     spec = curvature.subspace_spectrum(flat, theta, x, y, sub)
-    assert spec.method == "lowrank" and spec.info["structure"] and spec.implicit_zeros >= flat.num_params - sub.dim
+    assert spec.method == "lowrank" and spec.implicit_zeros >= flat.num_params - sub.dim
+    assert ("closed form" in spec.info["structure"]) == (depth == 1)
+    assert (spec.info["probes"] == 0) == (depth == 1) and spec.info["probes"] < sub.dim
     _assert_exact(spec, h)
     assert minibatch_spectrum(flat, theta, x, y).info["structure"]  # what the engine takes for this model
     sketch = hessian_spectrum(flat.loss_fn(x, y), theta, method="lowrank", block=8, spare=3, max_rank_fraction=0.99)
     assert spec.rank == sketch.rank
 
 
-def test_subspace_spectrum_needs_the_piecewise_linear_premise():
+def test_subspace_spectrum_needs_the_piecewise_linear_premise_or_one_hidden_layer():
     """The sigmoid MLP has the same input subspace, but its layers' diagonal blocks are not Gauss-Newton alone: the
-    engine sketches instead, and forcing the structured formula on it would be wrong (so the check matters)."""
+    products formula refuses it (forcing it would be wrong), and the engine takes the closed form of a
+    one-hidden-layer MLP instead, which holds for any activation."""
     flat, theta, x, y = tiny_case("mlp-sigmoid", batch=3)
-    assert "structure" not in minibatch_spectrum(flat, theta, x, y).info
+    sub = curvature.input_subspace(flat, x)
     with pytest.raises(ValueError, match="piecewise"):
-        curvature.subspace_spectrum(flat, theta, x, y, curvature.input_subspace(flat, x))
+        subspace_hessian(flat, theta, x, y, sub)
+    spec = minibatch_spectrum(flat, theta, x, y)
+    assert "closed form" in spec.info["structure"] and spec.info["probes"] == 0
+    _assert_exact(spec, reference_hessian(flat.loss_fn(x, y), theta))
 
 
 def test_subspace_spectrum_on_the_paper_mlp_equals_the_certified_sketch(data_root):
     """The paper's MLP (N = 5,350) on a USPS batch of 8: the same eigenvalues (1e-12 relative) and rank as the
-    certified sketch, with 180 products instead of ~264."""
+    certified sketch, in closed form (no product) instead of ~264 products."""
     from chaosnb.data import BatchSampler, load_dataset
     from chaosnb.models import FlatModel, build_model
 
@@ -384,7 +403,7 @@ def test_subspace_spectrum_on_the_paper_mlp_equals_the_certified_sketch(data_roo
     x = x.double()
     spec = minibatch_spectrum(flat, theta, x, y)
     sketch = curvature.lowrank_spectrum(flat.loss_fn(x, y), theta, subspace=curvature.input_subspace(flat, x))
-    assert spec.info["structure"] and spec.info["probes"] == 180 and sketch.info["probes"] > 180
+    assert "closed form" in spec.info["structure"] and spec.info["probes"] == 0 and sketch.info["probes"] > 180
     assert spec.rank == sketch.rank > 100
     scale = float(spec.eigenvalues.abs().max())
     assert float((_full(spec) - _full(sketch)).abs().max()) <= 1e-12 * scale
