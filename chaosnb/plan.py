@@ -52,13 +52,14 @@ from chaosnb.config import RunConfig
 # Median seconds per training step at ONE torch thread (sweep workers run one), measured on 2 idle AMD EPYC cores
 # (load average < 1, torch 2.14.1, USPS batch 8, lr 1e-2) on 2026-11-30 with benchmarks/bench_throughput.py
 # --threads 1 and Training.advance() timed directly (see benchmarks/README.md, "Rates for the plan"). The MLP's
-# CGD and tangent rates were measured again at 20:05 UTC (30 steps / 8 steps after a warm-up step) after its
-# spectrum moved to P^T H P and its tangent step into the input subspace: CGD 0.085 s (batch 16: 0.129 s), tangent
-# 0.206 s, with momentum 0.256 s (before: 0.081 / 0.136 / 0.435 / 0.486).
+# CGD and tangent rates were measured again on 2026-12-01 at 01:15 UTC (median of 60 CGD steps / 15 tangent steps
+# after warm-up steps, the quick profile's runs) after its spectrum's P^T H P moved to the closed form of
+# chaosnb.one_hidden_layer: CGD 0.020 s (batch 16: 0.036 s), tangent 0.119 s, with momentum 0.163 s (before, with
+# 180 Hessian-vector products: 0.085 / 0.129 / 0.206 / 0.256).
 # "sgd": a plain step; "spectrum": a step with the exact Hessian spectrum (by method); "tangent": a step with the
 # spectrum and the tangent-map update; "momentum": the tangent step's factor with momentum (the MLP's state then
-# carries G as well: 0.256 s vs 0.206 s); "batch_exponent": spectrum cost ~ (batch / 8) ** exponent (the MLP's
-# CGD step: 0.085 s at batch 8, 0.129 s at 16; assumed for the CNN); "ftle": see below. The CNN's dense
+# carries G as well: 0.163 s vs 0.119 s); "batch_exponent": spectrum cost ~ (batch / 8) ** exponent (the MLP's
+# CGD step: 0.020 s at batch 8, 0.036 s at 16; the CNN's assumed); "ftle": see below. The CNN's dense
 # rates (0.59 s / 0.66 s idle before) are divided by the speed-up of chaosnb.piecewise_linear measured in one run
 # under load (1.6x for a CGD step, 1.8x for a tangent step).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
@@ -67,6 +68,8 @@ from chaosnb.config import RunConfig
 # eigenvectors 20.5 s (USPS map at t = 100, lr 1e-2, one thread, 30 Nov 2026 22:45 UTC: one tridiagonal
 # reduction, MRRR for the 180 chaotic vectors and the minimal one; 34-38 s before, all N by eigh); one SVD
 # 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the USPS map at t = 300, lr 1e-2);
+# the one-SVD path with eigenvectors 36.8 s since 1 Dec 2026 (svdvals, the chaotic vectors from the Gram matrix's
+# tridiagonal reduction, the minimal one by inverse iteration; Fashion-MNIST momentum map at t = 140);
 # graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
 # and the fallback ran for more than 8 minutes before I stopped it). "reorth": seconds of one
 # re-orthonormalisation of the tangent map (QR of the N x N block, 2N x N with momentum, and the graded product;
@@ -82,9 +85,9 @@ from chaosnb.config import RunConfig
 # 20:20 UTC, after the input-subspace step; the previous dense-pair step measured 1.36-1.7 in the quick build).
 # CNN: 1.05-1.42 in that build.
 RATES: dict[str, dict] = {
-    "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.085, "dense": 12.1},
-            "tangent": {"lowrank": 0.206, "dense": 12.5}, "momentum": 1.24, "batch_exponent": 0.6,
-            "ftle": {"gram": 21.0, "gram_values": 9.0, "full": 75.0, "full_values": 15.0, "graded": 600.0},
+    "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.020, "dense": 12.1},
+            "tangent": {"lowrank": 0.119, "dense": 12.5}, "momentum": 1.37, "batch_exponent": 0.85,
+            "ftle": {"gram": 21.0, "gram_values": 9.0, "full": 37.0, "full_values": 15.0, "graded": 600.0},
             "reorth": {"plain": 19.0, "momentum": 34.0}, "reorth_lr_steps": 0.37,
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
     "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
