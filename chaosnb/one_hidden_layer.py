@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.func import jvp
 
+from chaosnb.piecewise_linear import gauss_newton_block
+
 ACTIVATIONS = (nn.ReLU, nn.Sigmoid, nn.Tanh)
 
 
@@ -100,8 +102,7 @@ def subspace_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     eye = torch.eye(classes, dtype=dtype, device=dev)
     jac[:, :, w2_idx.reshape(-1)] = (eye[None, :, :, None] * h[:, None, None, :]).reshape(batch, classes, -1)
     jac[:, :, b2_idx] = eye
-    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / batch
-    m = torch.einsum("bcn,bcm->nm", jac, aj)  # Gauss-Newton part
+    m = gauss_newton_block(jac, p)
 
     cross = torch.einsum("bk,bj,bi->kji", g, d1, u)  # R[W2(k, j), first(j, i)]
     r_rows = w2_idx[:, :, None].expand(classes, hidden, s + 1)

@@ -70,15 +70,19 @@ def piecewise_linear_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torc
         return flat.forward(torch.cat([theta[:start], part, theta[start + size:]]), x)
 
     jac = jacrev(logits_in_block)(theta[start:start + size])  # (B, C, size)
-    return _assemble(columns, others, start, size, _gauss_newton_block(flat, theta, x, jac))
+    return _assemble(columns, others, start, size, gauss_newton_block(jac, _probabilities(flat, theta, x)))
 
 
-def _gauss_newton_block(flat, theta: torch.Tensor, x: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
-    """sum_b J_b^T A_b J_b for the logit Jacobian ``jac`` (B, C, m) of one layer's coordinates, A_b the Hessian of
-    the mean cross-entropy in the logits, (diag(p_b) - p_b p_b^T) / B."""
-    p = torch.softmax(flat.forward(theta, x), dim=-1)  # (B, C)
-    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / x.shape[0]
+def gauss_newton_block(jac: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """sum_b J_b^T A_b J_b for the logit Jacobian ``jac`` (B, C, m) of some coordinates and the softmax
+    probabilities ``p`` (B, C), A_b = (diag(p_b) - p_b p_b^T) / B the Hessian of the mean cross-entropy in the
+    logits."""
+    aj = (p.unsqueeze(-1) * jac - p.unsqueeze(-1) * torch.einsum("bc,bcn->bn", p, jac).unsqueeze(1)) / jac.shape[0]
     return torch.einsum("bcn,bcm->nm", jac, aj)
+
+
+def _probabilities(flat, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(flat.forward(theta, x), dim=-1)  # (B, C)
 
 
 def _assemble(rows: torch.Tensor, others: torch.Tensor, start: int, size: int, block: torch.Tensor
@@ -128,4 +132,5 @@ def subspace_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
         return flat.forward(theta + subspace.up(z)[:, 0], x)
 
     jac = jacrev(logits_in_block)(torch.zeros(size, dtype=theta.dtype, device=dev))  # (B, C, size)
-    return _assemble(columns.T, others, start, size, _gauss_newton_block(flat, theta, x, jac)), len(others)
+    block = gauss_newton_block(jac, _probabilities(flat, theta, x))
+    return _assemble(columns.T, others, start, size, block), len(others)
