@@ -8,10 +8,12 @@ spectrum of the CURRENT mini-batch loss is computed at a few steps (0, stride, 2
 * old     : the previous low-rank algorithm, ``minibatch_spectrum(method="lowrank", single_pass=False,
             max_rank_fraction=0.4)`` (its former default): probe blocks of 64 until a whole fresh block adds
             nothing, then H Q again; dense float64 fallback above 0.4 N;
-* new     : ``minibatch_spectrum(method="lowrank")`` as the engine calls it (single pass, least-squares M from the
-            probe products, a posteriori certificate, the MLP's input subspace);
-* floor   : what no exact low-rank method can avoid: r float64 Hessian-vector products (r = the new method's
-            range dimension, in the same vmapped chunks) plus ``symmetric_eigh`` of an r x r matrix;
+* new     : ``minibatch_spectrum(method="lowrank")`` as the engine calls it: for the MLP the exact P^T H P in its
+            input subspace, in closed form (``chaosnb.one_hidden_layer``, no Hessian-vector product); for the CNN
+            the single-pass sketch (least-squares M from the probe products, a posteriori certificate);
+* floor   : what no exact low-rank method built on Hessian-vector products can avoid: r float64 products (r = the
+            new method's range dimension, in the same vmapped chunks) plus ``symmetric_eigh`` of an r x r matrix
+            (the MLP's closed form takes no product, so it runs below this floor);
 * ref64   : the dense method on ``theta.double()`` (float64), the reference all are compared against.
 
 The timed methods run back to back on the same batch, their order rotating between repetitions, so every
