@@ -889,8 +889,10 @@ def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
     Checks: at the last tangent step shared by SGD and both CGD runs, chaotic- and negative-pruned CGD have a
     smaller maximal exponent than SGD; the positive-pruned run's non-chaotic count falls and ends below every other
     run's; it reaches 0. The last is decided from the run: it holds when a tangent step shows 0, fails when the
-    count does not fall at all, and is not testable when it falls but, at its measured rate, would reach 0 only
-    after the run's last tangent step (the horizon is too short)."""
+    count does not fall at all, and is not testable when every remaining non-chaotic exponent is uncertain (within
+    its error estimate of 0: the true count lies in [0, count], below the resolution) or when the count falls but
+    has not reached 0 by the run's last tangent step (the horizon is too short; a rate to 0 is extrapolated only
+    from a monotone fall)."""
     missing = {"sgd", "chaotic", "neg", "pos"} - set(results)
     if missing:
         raise ValueError(f"Figure C.1.3 needs the runs sgd, chaotic, neg and pos; missing {sorted(missing)}")
@@ -914,14 +916,24 @@ def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
     else:
         lowest = Check("positive pruning: non-chaotic count falls and ends lowest of the four runs", None,
                        f"{non.size} tangent step(s) recorded")
+    _, uncertain = _tangent_series(results["pos"], "ftle_uncertain")
+    series = " -> ".join(f"{int(v)} (t = {int(t)})" for t, v in zip(steps, non, strict=True))
     if non.size and np.any(non == 0):
         zero = Check("positive pruning: non-chaotic count reaches 0", True,
                      f"0 at step {int(steps[np.argmax(non == 0)])}")
-    elif non.size >= 2 and non[-1] < non[0]:
+    elif non.size and uncertain.size == non.size and uncertain[-1] >= non[-1]:
+        zero = Check("positive pruning: non-chaotic count reaches 0", None,
+                     f"{int(non[-1])} at the last tangent step {int(steps[-1])}, all of them uncertain (exponents "
+                     f"within their error estimates of 0): the true count lies in [0, {int(non[-1])}], below the "
+                     f"resolution; counts {series}")
+    elif non.size >= 2 and non[-1] < non[0] and bool(np.all(np.diff(non) <= 0)):
         rate = (non[0] - non[-1]) / (steps[-1] - steps[0])
         zero = Check("positive pruning: non-chaotic count reaches 0", None,
                      f"{int(non[-1])} at the last tangent step {int(steps[-1])}; at the measured rate "
                      f"{rate:.3g}/step it would reach 0 near step {int(steps[-1] + non[-1] / rate)}: horizon too short")
+    elif non.size >= 2 and non[-1] < non[0]:
+        zero = Check("positive pruning: non-chaotic count reaches 0", None,
+                     f"falls, but not monotonically: {series}; no rate extrapolated, horizon too short")
     elif non.size >= 2:
         zero = Check("positive pruning: non-chaotic count reaches 0", False,
                      f"does not fall: {int(non[0])} -> {int(non[-1])}")
@@ -936,8 +948,8 @@ def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
                      "; ".join(c.measured for c in checks) + "; positive pruning "
                      + (f"diverged at step {pos.diverged_at}" if pos.diverged else "did not diverge"),
                      "one seed per run; a few tangent steps per run" + ("; whether the positive-pruned count reaches "
-                                                                       "0 is not testable at this horizon"
-                                                                       if zero.passed is None else ""))
+                                                                       "0 is not testable at this horizon and "
+                                                                       "resolution" if zero.passed is None else ""))
 
 
 # ---------------------------------------------------------------------------------------------- C.2.1

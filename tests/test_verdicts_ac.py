@@ -181,11 +181,13 @@ def test_chaotic_count_fall_must_exceed_the_censoring():
 T13 = np.array([2, 4, 6])
 
 
-def prune_runs(sgd_max=0.05, cgd_max=0.01, pos_non=(100, 40, 0), others_non=(900, 880, 870)) -> dict:
+def prune_runs(sgd_max=0.05, cgd_max=0.01, pos_non=(100, 40, 0), others_non=(900, 880, 870),
+               pos_uncertain=None) -> dict:
     other = {"ftle_max": [0.2, 0.1, 0.0], "non_chaotic_dim": list(others_non)}
     out = {n: tangent_run(T13, **{**other, "ftle_max": [0.3, 0.1, v]}) for n, v in
            (("sgd", sgd_max), ("chaotic", cgd_max), ("neg", cgd_max))}
-    out["pos"] = tangent_run(T13, ftle_max=[0.5, 0.6, 0.7], non_chaotic_dim=list(pos_non))
+    extra = {} if pos_uncertain is None else {"ftle_uncertain": list(pos_uncertain)}
+    out["pos"] = tangent_run(T13, ftle_max=[0.5, 0.6, 0.7], non_chaotic_dim=list(pos_non), **extra)
     return out
 
 
@@ -201,6 +203,19 @@ def test_pruning_lyapunov_verdict_flips(kwargs, status, zero):
     if zero is None:
         assert "horizon too short" in j.checks[2].measured and "near step 7" in j.checks[2].measured
         assert "not testable at this horizon" in j.limits
+
+
+def test_pruning_lyapunov_zero_below_the_resolution_or_not_monotone():
+    """Not testable, without an extrapolated rate: every remaining non-chaotic exponent is uncertain (the true count
+    lies in [0, 20]); or the count falls but rises again on the way. With 5 of 20 uncertain the rate is used."""
+    j = V.pruning_lyapunov_figure(prune_runs(pos_non=(100, 60, 20), pos_uncertain=(0, 10, 20)))
+    assert j.checks[2].passed is None and "lies in [0, 20]" in j.checks[2].measured
+    assert "near step" not in j.checks[2].measured and j.status == V.REPRODUCED
+    j = V.pruning_lyapunov_figure(prune_runs(pos_non=(100, 10, 40), pos_uncertain=(0, 0, 5)))
+    assert j.checks[2].passed is None and "not monotonically" in j.checks[2].measured
+    assert "near step" not in j.checks[2].measured
+    j = V.pruning_lyapunov_figure(prune_runs(pos_non=(100, 60, 20), pos_uncertain=(0, 0, 5)))
+    assert "near step 7" in j.checks[2].measured
 
 
 def test_pruning_lyapunov_not_testable_and_bad_input():
