@@ -59,9 +59,10 @@ from chaosnb.config import RunConfig
 # "sgd": a plain step; "spectrum": a step with the exact Hessian spectrum (by method); "tangent": a step with the
 # spectrum and the tangent-map update; "momentum": the tangent step's factor with momentum (the MLP's state then
 # carries G as well: 0.163 s vs 0.119 s); "batch_exponent": spectrum cost ~ (batch / 8) ** exponent (the MLP's
-# CGD step: 0.020 s at batch 8, 0.036 s at 16; the CNN's assumed); "ftle": see below. The CNN's dense
-# rates (0.59 s / 0.66 s idle before) are divided by the speed-up of chaosnb.piecewise_linear measured in one run
-# under load (1.6x for a CGD step, 1.8x for a tangent step).
+# CGD step: 0.020 s at batch 8, 0.036 s at 16; the CNN's assumed); "ftle": see below. The CNN's dense rates were
+# measured alone on 2026-12-01 at 02:55 UTC (one thread, idle, quick-profile runs on USPS, medians of 30 CGD / 20
+# tangent steps after warm-up steps): a CGD step 0.28-0.31 s (chaotic / negative pruning), a tangent step 0.369 s,
+# with momentum 0.377 s (before: 0.36 / 0.40 s, derived from measurements under load).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
 # "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 7.4 s exponents
 # only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds ~2 s later: 9 s); with the
@@ -90,8 +91,8 @@ RATES: dict[str, dict] = {
             "ftle": {"gram": 21.0, "gram_values": 9.0, "full": 37.0, "full_values": 15.0, "graded": 600.0},
             "reorth": {"plain": 19.0, "momentum": 34.0}, "reorth_lr_steps": 0.37,
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
-    "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.36},
-            "tangent": {"lowrank": 0.72, "dense": 0.40}, "momentum": 1.0, "batch_exponent": 0.75,
+    "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.30},
+            "tangent": {"lowrank": 0.72, "dense": 0.37}, "momentum": 1.02, "batch_exponent": 0.75,
             "ftle": {"gram": 0.4, "gram_values": 0.2, "full": 1.0, "full_values": 0.4, "graded": 3.0},
             "reorth": {"plain": 0.3, "momentum": 0.6}, "reorth_lr_steps": 0.37,
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.2},
