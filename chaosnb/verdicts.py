@@ -883,6 +883,26 @@ def kendall_fall(steps, values) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def _count_reaches_zero(steps: np.ndarray, non: np.ndarray, uncertain: np.ndarray) -> tuple[bool | None, str]:
+    """(passed, measured) of C.1.3's "the non-chaotic count reaches 0" (rules in pruning_lyapunov_figure)."""
+    if non.size and np.any(non == 0):
+        return True, f"0 at step {int(steps[np.argmax(non == 0)])}"
+    series = " -> ".join(f"{int(v)} (t = {int(t)})" for t, v in zip(steps, non, strict=True))
+    if non.size and uncertain.size == non.size and uncertain[-1] >= non[-1]:
+        return None, (f"{int(non[-1])} at the last tangent step {int(steps[-1])}, all of them uncertain (exponents "
+                      f"within their error estimates of 0): the true count lies in [0, {int(non[-1])}], below the "
+                      f"resolution; counts {series}")
+    if non.size < 2:
+        return None, "fewer than two tangent steps"
+    if not non[-1] < non[0]:
+        return False, f"does not fall: {int(non[0])} -> {int(non[-1])}"
+    if not bool(np.all(np.diff(non) <= 0)):
+        return None, f"falls, but not monotonically: {series}; no rate extrapolated, horizon too short"
+    rate = (non[0] - non[-1]) / (steps[-1] - steps[0])
+    return None, (f"{int(non[-1])} at the last tangent step {int(steps[-1])}; at the measured rate {rate:.3g}/step "
+                  f"it would reach 0 near step {int(steps[-1] + non[-1] / rate)}: horizon too short")
+
+
 def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
     """Figure C.1.3 from the runs ``sgd``, ``chaotic``, ``neg``, ``pos`` (momentum 0.9, tangent map on).
 
@@ -907,8 +927,8 @@ def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
     else:
         damped = Check("chaotic and negative CGD: smaller max exponent than SGD", None, "no shared tangent step")
     steps, non = _tangent_series(results["pos"], "non_chaotic_dim")
-    others = [float(_tangent_series(results[n], "non_chaotic_dim")[1][-1]) for n in ("sgd", "chaotic", "neg")
-              if _tangent_series(results[n], "non_chaotic_dim")[1].size]
+    ends = (_tangent_series(results[n], "non_chaotic_dim")[1] for n in ("sgd", "chaotic", "neg"))
+    others = [float(end[-1]) for end in ends if end.size]
     if non.size >= 2:
         lowest = Check("positive pruning: non-chaotic count falls and ends lowest of the four runs",
                        bool(non[-1] < non[0] and all(non[-1] < o for o in others)),
@@ -916,29 +936,8 @@ def pruning_lyapunov_figure(results: Mapping[str, RunResult]) -> Judgement:
     else:
         lowest = Check("positive pruning: non-chaotic count falls and ends lowest of the four runs", None,
                        f"{non.size} tangent step(s) recorded")
-    _, uncertain = _tangent_series(results["pos"], "ftle_uncertain")
-    series = " -> ".join(f"{int(v)} (t = {int(t)})" for t, v in zip(steps, non, strict=True))
-    if non.size and np.any(non == 0):
-        zero = Check("positive pruning: non-chaotic count reaches 0", True,
-                     f"0 at step {int(steps[np.argmax(non == 0)])}")
-    elif non.size and uncertain.size == non.size and uncertain[-1] >= non[-1]:
-        zero = Check("positive pruning: non-chaotic count reaches 0", None,
-                     f"{int(non[-1])} at the last tangent step {int(steps[-1])}, all of them uncertain (exponents "
-                     f"within their error estimates of 0): the true count lies in [0, {int(non[-1])}], below the "
-                     f"resolution; counts {series}")
-    elif non.size >= 2 and non[-1] < non[0] and bool(np.all(np.diff(non) <= 0)):
-        rate = (non[0] - non[-1]) / (steps[-1] - steps[0])
-        zero = Check("positive pruning: non-chaotic count reaches 0", None,
-                     f"{int(non[-1])} at the last tangent step {int(steps[-1])}; at the measured rate "
-                     f"{rate:.3g}/step it would reach 0 near step {int(steps[-1] + non[-1] / rate)}: horizon too short")
-    elif non.size >= 2 and non[-1] < non[0]:
-        zero = Check("positive pruning: non-chaotic count reaches 0", None,
-                     f"falls, but not monotonically: {series}; no rate extrapolated, horizon too short")
-    elif non.size >= 2:
-        zero = Check("positive pruning: non-chaotic count reaches 0", False,
-                     f"does not fall: {int(non[0])} -> {int(non[-1])}")
-    else:
-        zero = Check("positive pruning: non-chaotic count reaches 0", None, "fewer than two tangent steps")
+    zero = Check("positive pruning: non-chaotic count reaches 0",
+                 *_count_reaches_zero(steps, non, _tangent_series(results["pos"], "ftle_uncertain")[1]))
     checks = (damped, lowest, zero)
     pos = results["pos"]
     return Judgement("Figure C.1.3", "with momentum, chaotic/negative CGD quickly dampens the max exponent to ~0, SGD "
