@@ -10,7 +10,8 @@ spectrum of the CURRENT mini-batch loss is computed at a few steps (0, stride, 2
             nothing, then H Q again; dense float64 fallback above 0.4 N;
 * new     : ``minibatch_spectrum(method="lowrank")`` as the engine calls it: for the MLP the exact P^T H P in its
             input subspace, in closed form (``chaosnb.one_hidden_layer``, no Hessian-vector product); for the CNN
-            the single-pass sketch (least-squares M from the probe products, a posteriori certificate);
+            the full float64 Hessian in closed form (``chaosnb.multilinear``, no product) and its float64 eigh,
+            timed apart as "closed-form hessian" in an extra call (the single-pass sketch before 1 Dec 2026);
 * floor   : what no exact low-rank method built on Hessian-vector products can avoid: r float64 products (r = the
             new method's range dimension, in the same vmapped chunks) plus ``symmetric_eigh`` of an r x r matrix
             (the MLP's closed form takes no product, so it runs below this floor);
@@ -149,6 +150,17 @@ def timed_floor(flat, theta, x, y, r: int):
     return total, part.wall
 
 
+def timed_closed_form(flat, theta, x, y) -> float:
+    """Seconds of the CNN's float64 Hessian in closed form alone (the rest of the new path is its float64 eigh);
+    an extra call, not part of the timed new method."""
+    from chaosnb.multilinear import closed_form_hessian
+
+    theta64 = theta.detach().double()
+    with Timer() as t:
+        closed_form_hessian(flat, theta64, x.double(), y)
+    return t.wall
+
+
 OLD_KWARGS = {"single_pass": False, "max_rank_fraction": 0.4}
 
 
@@ -203,6 +215,8 @@ def run_case(model: str, batch: int, args, ds) -> dict:
                 res["floor_r"] = int(specs["new"].eigenvalues.numel())
                 t, res["floor_hvp_s"] = timed_floor(flat, theta, x, y, res["floor_r"])
             res[f"{method}_s"], res[f"{method}_cpu"] = t.wall, t.cpu
+        if specs["new"].info.get("structure") == "piecewise-linear, closed form":  # where the new path's time goes
+            res["new_hessian_s"] = timed_closed_form(flat, theta, x, y)
         for method in ("dense", "old", "floor"):
             res[f"new_vs_{method}"] = res[f"{method}_s"] / res["new_s"]
             res[f"new_vs_{method}_cpu"] = res[f"{method}_cpu"] / res["new_cpu"]
@@ -259,7 +273,9 @@ def fmt_counts(c) -> str:
 
 def print_row(r: dict) -> None:
     print(f"  step {r['step']:>5}: dense {r['dense_s']:7.3f} s (hessian {r['dense_hessian_s']:.3f})  old "
-          f"{r['old_s']:6.3f} s  new {r['new_s']:6.3f} s  floor {r['floor_s']:6.3f} s (r = {r['floor_r']}: "
+          f"{r['old_s']:6.3f} s  new {r['new_s']:6.3f} s"
+          + (f" (closed-form hessian {r['new_hessian_s']:.3f})" if "new_hessian_s" in r else "")
+          + f"  floor {r['floor_s']:6.3f} s (r = {r['floor_r']}: "
           f"HVPs {r['floor_hvp_s']:.3f} + eigh)", flush=True)
     print(f"              new is {r['new_vs_old']:.2f}x faster than old ({r['new_vs_old_cpu']:.2f}x in CPU time), "
           f"{r['new_vs_dense']:.2f}x than dense ({r['new_vs_dense_cpu']:.2f}x), {1 / r['new_vs_floor']:.2f}x the "

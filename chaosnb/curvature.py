@@ -25,6 +25,7 @@ import torch
 from torch.func import grad, jacrev, vjp, vmap
 
 from chaosnb import one_hidden_layer
+from chaosnb.multilinear import affine_indices, closed_form_hessian
 from chaosnb.piecewise_linear import is_piecewise_linear, piecewise_linear_hessian, subspace_hessian
 
 METHODS = ("dense", "lowrank")
@@ -546,14 +547,39 @@ def subspace_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
         structure = "piecewise-linear, input subspace"
     if not bool(torch.isfinite(m).all()):
         raise HessianDiverged("the Hessian in the input subspace is non-finite")
-    lam, w, solver = symmetric_eigh(m)
-    scale = float(lam.abs().max()) if lam.numel() else 0.0
-    keep = lam.abs() > range_rtol * scale
-    lam, coords = lam[keep], w[:, keep].contiguous()
-    info = {"probes": products, "range_dim": int(keep.sum()), "fallback": False, "solver": solver,
+    lam, coords, solver = _nonzero_eigenpairs(m, range_rtol)
+    info = {"probes": products, "range_dim": lam.numel(), "fallback": False, "solver": solver,
             "subspace_dim": subspace.dim, "structure": structure,
             "subspace": subspace, "coords": coords}  # eigenvectors = P coords (the tangent map's factored step)
     return Spectrum(lam, subspace.up(coords), theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
+
+
+def _nonzero_eigenpairs(m: torch.Tensor, range_rtol: float) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(lambda, W, solver) of the symmetric ``m`` by :func:`symmetric_eigh`, keeping the pairs with
+    |lambda| > range_rtol max|lambda| (the rest is the implicit zero eigenspace of an exact low-rank spectrum)."""
+    lam, w, solver = symmetric_eigh(m)
+    scale = float(lam.abs().max()) if lam.numel() else 0.0
+    keep = lam.abs() > range_rtol * scale
+    return lam[keep], w[:, keep].contiguous(), solver
+
+
+def closed_form_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+                         rtol: float = DEFAULT_RTOL, atol: float | None = None, range_rtol: float | None = None,
+                         compute_dtype: torch.dtype | None = torch.float64) -> Spectrum:
+    """Exact low-rank spectrum of the mini-batch Hessian of a piecewise-linear network without an input subspace
+    (the CNN): the full Hessian in closed form (:func:`chaosnb.multilinear.closed_form_hessian`, no
+    Hessian-vector product) in ``compute_dtype``, eigendecomposed by :func:`symmetric_eigh`; the pairs with
+    |lambda| > ``range_rtol`` max|lambda| (default 1e3 eps) are kept, the rest is the implicit zero eigenspace."""
+    theta = theta.detach()
+    if compute_dtype is not None:
+        theta = theta.to(compute_dtype)
+    if range_rtol is None:
+        range_rtol = 1e3 * torch.finfo(theta.dtype).eps
+    h = closed_form_hessian(flat, theta, x.to(theta.dtype), y)
+    lam, vecs, solver = _nonzero_eigenpairs(h, range_rtol)
+    info = {"probes": 0, "range_dim": lam.numel(), "fallback": False, "solver": solver,
+            "structure": "piecewise-linear, closed form"}
+    return Spectrum(lam, vecs, theta.numel(), _tolerance(lam, rtol, atol), "lowrank", info)
 
 
 def minibatch_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -561,16 +587,22 @@ def minibatch_spectrum(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tens
     """Spectrum of the mini-batch loss L_B(theta) of a :class:`chaosnb.models.FlatModel`; the low-rank method
     works in the model's :func:`input_subspace` when it has one (the MLP): for a one-hidden-layer MLP or a
     piecewise-linear network it eigendecomposes the exact P^T H P (:func:`subspace_spectrum`), otherwise it
-    sketches range(H) inside P (:func:`lowrank_spectrum`); the dense method builds the Hessian of a
-    piecewise-linear network from about half its columns (:mod:`chaosnb.piecewise_linear`)."""
+    sketches range(H) inside P (:func:`lowrank_spectrum`); a piecewise-linear network without an input subspace
+    (the CNN) gets its exact Hessian in closed form, in float64 (:func:`closed_form_spectrum`). The dense method
+    builds the Hessian of a piecewise-linear network in closed form in theta's dtype
+    (:mod:`chaosnb.multilinear`; from about half its columns, :mod:`chaosnb.piecewise_linear`, for the layouts
+    the closed form does not cover)."""
     if method == "lowrank" and kwargs.get("single_pass", True) and "subspace" not in kwargs:
         kwargs["subspace"] = input_subspace(flat, x, kwargs.get("compute_dtype", torch.float64) or theta.dtype)
         exact = is_piecewise_linear(flat.module) or one_hidden_layer.layers(flat.module) is not None
+        options = {"rtol": kwargs.get("rtol", DEFAULT_RTOL), "atol": kwargs.get("atol"),
+                   "range_rtol": kwargs.get("range_rtol"), "compute_dtype": kwargs.get("compute_dtype", torch.float64)}
         if kwargs["subspace"] is not None and exact and "hvp" not in kwargs:
-            return subspace_spectrum(flat, theta, x, y, kwargs["subspace"], rtol=kwargs.get("rtol", DEFAULT_RTOL),
-                                     atol=kwargs.get("atol"), range_rtol=kwargs.get("range_rtol"),
-                                     compute_dtype=kwargs.get("compute_dtype", torch.float64))
+            return subspace_spectrum(flat, theta, x, y, kwargs["subspace"], **options)
+        if kwargs["subspace"] is None and affine_indices(flat.module) is not None and "hvp" not in kwargs:
+            return closed_form_spectrum(flat, theta, x, y, **options)
     if method == "dense" and is_piecewise_linear(flat.module):
-        h = piecewise_linear_hessian(flat, theta, x, y)
+        closed = affine_indices(flat.module) is not None
+        h = (closed_form_hessian if closed else piecewise_linear_hessian)(flat, theta, x, y)
         return spectrum_from_matrix(h, kwargs.get("rtol", DEFAULT_RTOL), kwargs.get("atol"))
     return hessian_spectrum(flat.loss_fn(x.to(theta.dtype), y), theta, method=method, **kwargs)

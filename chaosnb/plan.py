@@ -62,7 +62,12 @@ from chaosnb.config import RunConfig
 # CGD step: 0.020 s at batch 8, 0.036 s at 16; the CNN's assumed); "ftle": see below. The CNN's dense rates were
 # measured alone on 2026-12-01 at 02:55 UTC (one thread, idle, quick-profile runs on USPS, medians of 30 CGD / 20
 # tangent steps after warm-up steps): a CGD step 0.28-0.31 s (chaotic / negative pruning), a tangent step 0.369 s,
-# with momentum 0.377 s (before: 0.36 / 0.40 s, derived from measurements under load).
+# with momentum 0.377 s (before: 0.36 / 0.40 s, derived from measurements under load). Since its Hessian is built
+# in closed form (chaosnb.multilinear, 1 Dec 2026 04:05 UTC, same conditions, medians of 20 steps after 3): a CGD
+# step 0.195 s (chaotic pruning), a tangent step 0.284-0.304 s, with momentum 0.288 s (the Fashion-MNIST momentum
+# run's median, 0.407 s, includes more of its 12 finite-time spectra); the exact float64 spectrum ("lowrank": the
+# closed form and a float64 eigh) 0.31 s per step, with the tangent map 0.37 s (bench_throughput.py --models cnn
+# --threads 1 --lr 0.03).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
 # "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 7.4 s exponents
 # only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds ~2 s later: 9 s); with the
@@ -74,9 +79,12 @@ from chaosnb.config import RunConfig
 # graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
 # and the fallback ran for more than 8 minutes before I stopped it). "reorth": seconds of one
 # re-orthonormalisation of the tangent map (QR of the N x N block, 2N x N with momentum, and the graded product;
-# Fashion-MNIST MLP at lr 1e-2, 140 steps: 4 of them took 76 s without momentum, 3 took 103 s with it), one
-# every "reorth_lr_steps" / lr steps (the block's condition bound reaches REORTH_LOG_COND = 4 nats every ~35
-# steps at lr 1e-2, ~425 at 1e-3). "spread": nats between the largest and smallest exponent x t per unit of
+# USPS MLP at lr 1e-2, 200 steps, one thread, idle, 1 Dec 2026 03:40 UTC: 6 took 81 s without momentum, 5 took
+# 142 s with it; before, under load, 19 / 34 s), one every "reorth_lr_steps" / lr steps: without momentum the
+# block's condition bound reaches REORTH_LOG_COND = 4 nats every ~35 steps at lr 1e-2 (~425 at 1e-3); with
+# momentum the adaptive interval (64 steps, doubled while the measured condition stays below half of
+# MOMENTUM_LOG_COND = 12 nats) gave 2 in 200 steps at lr 1e-2 (5 with the former target of 4 nats).
+# "spread": nats between the largest and smallest exponent x t per unit of
 # lr x t (quick build, MLP at lr 1e-2: 0.060 per step without momentum, 0.077 with); "gram_max": the Gram path is
 # taken up to about this spread (t = 120 at lr 1e-2 still took it), "full_max": lyapunov.FULL_RESOLVE_MARGIN's
 # ~23 nats. The CNN (N = 1,158) costs little at every path: a third of a second to a few seconds (assumed).
@@ -89,12 +97,12 @@ RATES: dict[str, dict] = {
     "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.020, "dense": 12.1},
             "tangent": {"lowrank": 0.119, "dense": 12.5}, "momentum": 1.37, "batch_exponent": 0.85,
             "ftle": {"gram": 21.0, "gram_values": 9.0, "full": 37.0, "full_values": 15.0, "graded": 600.0},
-            "reorth": {"plain": 19.0, "momentum": 34.0}, "reorth_lr_steps": 0.37,
+            "reorth": {"plain": 13.5, "momentum": 28.4}, "reorth_lr_steps": {"plain": 0.37, "momentum": 1.0},
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
-    "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.65, "dense": 0.30},
-            "tangent": {"lowrank": 0.72, "dense": 0.37}, "momentum": 1.02, "batch_exponent": 0.75,
+    "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.31, "dense": 0.195},
+            "tangent": {"lowrank": 0.37, "dense": 0.29}, "momentum": 1.0, "batch_exponent": 0.75,
             "ftle": {"gram": 0.4, "gram_values": 0.2, "full": 1.0, "full_values": 0.4, "graded": 3.0},
-            "reorth": {"plain": 0.3, "momentum": 0.6}, "reorth_lr_steps": 0.37,
+            "reorth": {"plain": 0.3, "momentum": 0.6}, "reorth_lr_steps": {"plain": 0.37, "momentum": 1.0},
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.2},
 }
 MB = 1e6
@@ -109,9 +117,11 @@ def num_params(model: str) -> int:
 
 
 def reorthonormalisations(config: RunConfig, rates: dict | None = None) -> int:
-    """Projected re-orthonormalisations of a run's tangent map: one every ``reorth_lr_steps`` / lr steps."""
+    """Projected re-orthonormalisations of a run's tangent map: one every ``reorth_lr_steps`` / lr steps (by
+    whether the run has momentum)."""
     r = (rates or RATES)[config.model]
-    return int(config.steps * config.lr / r["reorth_lr_steps"]) if config.uses_tangent_map else 0
+    every = r["reorth_lr_steps"]["momentum" if config.momentum > 0 else "plain"]
+    return int(config.steps * config.lr / every) if config.uses_tangent_map else 0
 
 
 def ftle_path(config: RunConfig, step: int, rates: dict | None = None) -> str:

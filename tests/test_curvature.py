@@ -230,8 +230,12 @@ def test_single_pass_sketch_equals_float64_eigh_on_the_zoo(tiny, via_minibatch):
     else:
         spec = hessian_spectrum(flat.loss_fn(x, y), theta, method="lowrank", **kwargs)
     assert spec.method == "lowrank" and not spec.info["fallback"]
-    if via_minibatch and spec.info.get("structure"):  # an MLP: the exact P^T H P, no sketch to certify
-        assert one_hidden_layer.layers(flat.module) is not None and spec.info["probes"] == 0
+    if via_minibatch and spec.info.get("structure"):  # closed forms (the MLP's P^T H P, the CNN's H): no sketch
+        assert spec.info["probes"] == 0
+        expected = "piecewise-linear, closed form" if spec.info.get("subspace_dim") is None else (
+            "one hidden layer, input subspace, closed form")
+        assert spec.info["structure"] == expected
+        assert (one_hidden_layer.layers(flat.module) is not None) == (expected != "piecewise-linear, closed form")
     else:
         assert spec.info["certificate"] <= 1e3 * torch.finfo(torch.float64).eps
     _assert_exact(spec, h)
@@ -340,9 +344,14 @@ def test_usps_cnn_batch_8_sketch_is_exact_without_falling_back(data_root):
     ds = load_dataset("usps", data_root)
     x, y = sampler_for(ds, 8, 42).batch(ds, 0)
     flat, theta = make_flat_model("cnn", seed=42, dtype=torch.float32)
-    spec = minibatch_spectrum(flat, theta, x, y)
+    spec = hessian_spectrum(flat.loss_fn(x.double(), y), theta.double(), method="lowrank")  # the sketch itself
     assert spec.method == "lowrank" and spec.info["subspace_dim"] is None and spec.rank > 0.4 * flat.num_params
-    _assert_exact(spec, dense_hessian(flat.loss_fn(x.double(), y), theta.double()))
+    assert not spec.info["fallback"]
+    reference = dense_hessian(flat.loss_fn(x.double(), y), theta.double())
+    _assert_exact(spec, reference)
+    closed = minibatch_spectrum(flat, theta, x, y)  # what the engine takes now: the closed form, no product
+    assert closed.info["structure"] == "piecewise-linear, closed form" and closed.rank == spec.rank
+    _assert_exact(closed, reference)
 
 
 # ------------------------------------------------------------------------- exact spectrum in the input subspace

@@ -79,9 +79,9 @@ def test_reference_run_cost_by_hand():
         factor = r["momentum"] if config.momentum else 1.0
         spectra = sum(r["ftle"][ftle_path(config, s)] for s in config.tangent_steps)
         assert all(config.needs_lyapunov_vectors(s) for s in config.tangent_steps)
-        reorth = int(config.steps * config.lr / r["reorth_lr_steps"]) * r["reorth"][
-            "momentum" if config.momentum else "plain"]
-        assert reorth > 0  # 36,480 steps at lr 1e-3: ~98 re-orthonormalisations
+        kind = "momentum" if config.momentum else "plain"
+        reorth = int(config.steps * config.lr / r["reorth_lr_steps"][kind]) * r["reorth"][kind]
+        assert reorth > 0  # 36,480 steps at lr 1e-3: ~98 re-orthonormalisations (~36 with momentum)
         expected = config.steps * r["tangent"][config.spectrum_method] * factor + spectra + reorth
         assert math.isclose(run_cost(config).seconds, expected, rel_tol=1e-12), name
     usps_mlp = reference_runs(load_profile("paper"))["USPS MLP"]
