@@ -21,9 +21,10 @@ g_bk = (p_bk - [y_b = k]) / B and d_l^g = sum_k g_bk d_l(k):
 
 Cost: one forward pass, C backward passes (the logit unit vectors, all samples at once), one vmapped forward-tangent
 pass per layer over its parameters, and GEMM-shaped contractions, all in the working precision. For the paper's CNN
-(1,158 parameters) that replaces the 574 Hessian-vector products of :func:`chaosnb.piecewise_linear.
-piecewise_linear_hessian`. Ties in ``MaxPool2d`` and exact zeros of ``ReLU`` inputs (measure zero) are where the
-identity, like every Hessian of these networks, is one-sided.
+(1,158 parameters) that replaces the 574 Hessian-vector products of
+:func:`chaosnb.piecewise_linear.piecewise_linear_hessian` (float64: 0.058 s against 0.59 s at one thread). Ties in
+``MaxPool2d`` and exact zeros of ``ReLU`` inputs (measure zero) are where the identity, like every Hessian of these
+networks, is one-sided.
 """
 
 from __future__ import annotations

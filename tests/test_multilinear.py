@@ -134,3 +134,62 @@ def test_minibatch_spectrum_of_the_cnn_takes_it(usps, method):
         assert _close(h, dense_hessian(flat.loss_fn(x, y), theta), 1e-12)
     assert float((lam - ref.eigenvalues).abs().max()) <= 1e-12 * scale
     assert spec.rank == ref.rank
+
+
+# ------------------------------------------------------------------ deflation of rank-deficient layer blocks
+def _low_rank_rows(seed=0):
+    """A symmetric 400 x 400 matrix whose second block (200 coordinates) has rows of rank 30."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(400, 230, generator=gen, dtype=torch.float64)
+    a[200:, :200] = 0.0  # the second block's rows live in the span of 30 columns of a
+    return a @ a.T
+
+
+def test_layer_range_bases_find_the_rank_and_keep_the_spectrum():
+    from chaosnb.curvature import _deflated, layer_range_bases
+
+    h = _low_rank_rows()
+    blocks = [(0, 200), (200, 200)]
+    bases = layer_range_bases(h, blocks, 1e-12)
+    assert bases[0] is None and bases[1] is not None and bases[1].shape == (200, 30)
+    m, up = _deflated(h, blocks, bases)
+    assert m.shape == (230, 230)
+    lam, w = torch.linalg.eigh(m)
+    full = torch.linalg.eigvalsh(h)
+    nonzero = full[full.abs() > 1e-9 * float(full.abs().max())]
+    assert torch.allclose(torch.sort(lam[lam.abs() > 1e-9 * float(lam.abs().max())]).values, nonzero,
+                          rtol=0, atol=1e-10 * float(full.abs().max()))
+    v = up(w)
+    assert torch.allclose(h @ v, v * lam, atol=1e-9 * float(full.abs().max()))
+
+
+def test_a_sketch_that_misses_the_range_is_refused(monkeypatch):
+    """Probes blind to where the block's rows live: the sketch sees rank 0, the certificate fails, no deflation."""
+    from chaosnb import curvature
+
+    h = _low_rank_rows()
+    real = curvature._probe_block
+
+    def blind(n, width, seed, index, dtype, device=None):
+        omega = real(n, width, seed, index, dtype, device).clone()
+        omega[:] = 0.0
+        return omega
+
+    monkeypatch.setattr(curvature, "_probe_block", blind)
+    assert curvature.layer_range_bases(h, [(0, 200), (200, 200)], 1e-12) == [None, None]
+
+
+def test_the_cnn_spectrum_is_deflated_and_exact(usps):
+    flat = FlatModel(build_model("cnn", dtype=torch.float64))
+    theta = _theta(flat, 5)
+    x, y = _batch(usps, seed=5)
+    spec = minibatch_spectrum(flat, theta, x, y)
+    ranks = spec.info["layer_ranks"]
+    assert ranks[:3] == [40, 148, 296] and ranks[4] == 90 and ranks[3] < 584 // 2  # the last convolution shrinks
+    assert spec.info["deflated_dim"] == sum(ranks) < flat.num_params
+    full = dense_hessian(flat.loss_fn(x, y), theta)
+    ref = spectrum_from_matrix(full)
+    lam = torch.sort(torch.cat([spec.eigenvalues, spec.eigenvalues.new_zeros(spec.implicit_zeros)])).values
+    assert float((lam - ref.eigenvalues).abs().max()) <= 1e-12 * float(ref.eigenvalues.abs().max())
+    h = spec.eigenvectors @ torch.diag(spec.eigenvalues) @ spec.eigenvectors.T
+    assert _close(h, full, 1e-12)
