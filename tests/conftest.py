@@ -33,6 +33,21 @@ def tiny_case(name: str, batch: int = 4, seed: int = 0, dtype: torch.dtype = tor
     return flat, flat.initial_theta(), x, y
 
 
+def usps_batch(data, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n seeded random training samples of a loaded dataset, inputs in float64."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train_x), generator=g)[:n]
+    return data.train_x[idx].double(), data.train_y[idx]
+
+
+@pytest.fixture(scope="module")
+def usps():
+    """The USPS dataset (from $CHAOSNB_DATA)."""
+    from chaosnb.data import load_dataset
+
+    return load_dataset("usps")
+
+
 @pytest.fixture(params=sorted(TINY_MODELS))
 def tiny(request):
     return tiny_case(request.param)

@@ -12,19 +12,7 @@ from chaosnb.curvature import dense_hessian, minibatch_spectrum, spectrum_from_m
 from chaosnb.models import FlatModel, build_model
 from chaosnb.multilinear import affine_indices, closed_form_hessian
 from chaosnb.piecewise_linear import _probabilities, gauss_newton_block
-
-
-def _batch(data, n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train_x), generator=g)[:n]
-    return data.train_x[idx].double(), data.train_y[idx]
-
-
-@pytest.fixture(scope="module")
-def usps():
-    from chaosnb.data import load_dataset
-
-    return load_dataset("usps")
+from tests.conftest import usps_batch
 
 
 def _theta(flat, seed):
@@ -41,7 +29,7 @@ def _close(fast, full, rtol=1e-13):
 def test_paper_models_equal_the_full_hessian(usps, name, batch):
     flat = FlatModel(build_model(name, seed=batch, dtype=torch.float64))
     theta = _theta(flat, batch)
-    x, y = _batch(usps, n=batch, seed=batch)
+    x, y = usps_batch(usps, n=batch, seed=batch)
     full = dense_hessian(flat.loss_fn(x, y), theta)
     fast = closed_form_hessian(flat, theta, x, y)
     assert torch.equal(fast, fast.T)
@@ -52,7 +40,7 @@ def test_the_residual_is_what_makes_it_exact(usps):
     """Gauss-Newton alone (the same Jacobian, no residual) misses the CNN's Hessian by far more than rounding."""
     flat = FlatModel(build_model("cnn", dtype=torch.float64))
     theta = _theta(flat, 0)
-    x, y = _batch(usps)
+    x, y = usps_batch(usps)
     full = dense_hessian(flat.loss_fn(x, y), theta)
     jac = torch.func.jacrev(lambda t: flat.forward(t, x))(theta)
     gn = gauss_newton_block(jac, _probabilities(flat, theta, x))
@@ -95,7 +83,7 @@ def test_zoo_of_layouts_equal_the_full_hessian(case, batch):
 def test_float32_is_within_float32_rounding(usps):
     flat = FlatModel(build_model("cnn", dtype=torch.float64))
     theta = _theta(flat, 2)
-    x, y = _batch(usps, seed=2)
+    x, y = usps_batch(usps, seed=2)
     full = dense_hessian(flat.loss_fn(x, y), theta)
     flat32 = FlatModel(build_model("cnn"))
     fast = closed_form_hessian(flat32, theta.float(), x.float(), y)
@@ -110,7 +98,7 @@ def test_refuses_other_networks(usps):
     assert affine_indices(grouped) is None
     assert affine_indices(nn.Sequential(nn.ReLU())) is None
     assert affine_indices(build_model("cnn")) == [0, 3, 6, 9, 13]
-    x, y = _batch(usps)
+    x, y = usps_batch(usps)
     with pytest.raises(ValueError, match="Linear/Conv2d"):
         closed_form_hessian(sigmoid, sigmoid.initial_theta(), x, y)
 
@@ -121,7 +109,7 @@ def test_minibatch_spectrum_of_the_cnn_takes_it(usps, method):
     only the nonzero eigenpairs (the rest is the implicit zero eigenspace) and takes no Hessian-vector product."""
     flat = FlatModel(build_model("cnn", dtype=torch.float64))
     theta = _theta(flat, 4)
-    x, y = _batch(usps, seed=4)
+    x, y = usps_batch(usps, seed=4)
     ref = spectrum_from_matrix(dense_hessian(flat.loss_fn(x, y), theta))
     spec = minibatch_spectrum(flat, theta, x, y, method=method)
     scale = float(ref.eigenvalues.abs().max())
@@ -182,7 +170,7 @@ def test_a_sketch_that_misses_the_range_is_refused(monkeypatch):
 def test_the_cnn_spectrum_is_deflated_and_exact(usps):
     flat = FlatModel(build_model("cnn", dtype=torch.float64))
     theta = _theta(flat, 5)
-    x, y = _batch(usps, seed=5)
+    x, y = usps_batch(usps, seed=5)
     spec = minibatch_spectrum(flat, theta, x, y)
     ranks = spec.info["layer_ranks"]
     assert ranks[:3] == [40, 148, 296] and ranks[4] == 90 and ranks[3] < 584 // 2  # the last convolution shrinks

@@ -9,19 +9,7 @@ import torch
 from chaosnb.curvature import dense_hessian, minibatch_spectrum, spectrum_from_matrix
 from chaosnb.models import FlatModel, build_model
 from chaosnb.piecewise_linear import is_piecewise_linear, layer_blocks, piecewise_linear_hessian
-
-
-def _batch(data, n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train_x), generator=g)[:n]
-    return data.train_x[idx].double(), data.train_y[idx]
-
-
-@pytest.fixture(scope="module")
-def usps():
-    from chaosnb.data import load_dataset
-
-    return load_dataset("usps")
+from tests.conftest import usps_batch
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -30,7 +18,7 @@ def test_equals_the_full_hessian_in_float64(usps, name, seed):
     flat = FlatModel(build_model(name, seed=seed, dtype=torch.float64))
     theta = flat.initial_theta() + 0.05 * torch.randn(flat.num_params, generator=torch.Generator().manual_seed(seed),
                                                         dtype=torch.float64)
-    x, y = _batch(usps, seed=seed)
+    x, y = usps_batch(usps, seed=seed)
     full = dense_hessian(flat.loss_fn(x, y), theta)
     fast = piecewise_linear_hessian(flat, theta, x, y)
     assert torch.allclose(fast, fast.T)
@@ -48,7 +36,7 @@ def test_layer_blocks_of_the_paper_models():
 def test_refuses_networks_that_are_not_piecewise_linear(usps):
     flat = FlatModel(build_model("mlp", activation="sigmoid", dtype=torch.float64))
     assert not is_piecewise_linear(flat.module)
-    x, y = _batch(usps)
+    x, y = usps_batch(usps)
     with pytest.raises(ValueError, match="piecewise"):
         piecewise_linear_hessian(flat, flat.initial_theta(), x, y)
     # the premise matters: with a smooth activation the layers' diagonal blocks are not Gauss-Newton alone
@@ -61,7 +49,7 @@ def test_refuses_networks_that_are_not_piecewise_linear(usps):
 def test_minibatch_spectrum_uses_it_and_matches_the_dense_reference(usps):
     flat = FlatModel(build_model("cnn", dtype=torch.float64))
     theta = flat.initial_theta()
-    x, y = _batch(usps, seed=3)
+    x, y = usps_batch(usps, seed=3)
     spec = minibatch_spectrum(flat, theta, x, y, method="dense")
     ref = spectrum_from_matrix(dense_hessian(flat.loss_fn(x, y), theta))
     scale = float(ref.eigenvalues.abs().max())
