@@ -42,7 +42,7 @@ from chaosnb.piecewise_linear import PIECEWISE_LINEAR, gauss_newton_block
 def affine_indices(module: nn.Module) -> list[int] | None:
     """Positions of the affine layers in ``module`` when the closed form applies: an ``nn.Sequential`` of
     ``Linear`` and ``Conv2d`` (groups 1, zero padding given as numbers) layers and the piecewise-linear maps of
-    :data:`chaosnb.piecewise_linear.PIECEWISE_LINEAR`, with at least one affine layer; None otherwise."""
+    ``chaosnb.piecewise_linear.PIECEWISE_LINEAR``, with at least one affine layer; None otherwise."""
     if not isinstance(module, nn.Sequential):
         return None
     indices = []
