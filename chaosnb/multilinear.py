@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import jvp, vjp, vmap
 
-from chaosnb.piecewise_linear import PIECEWISE_LINEAR, gauss_newton_block
+from chaosnb.piecewise_linear import PIECEWISE_LINEAR, gauss_newton_block, logit_derivatives
 
 
 def affine_indices(module: nn.Module) -> list[int] | None:
@@ -200,8 +200,7 @@ def closed_form_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Ten
          for layer, dl, s in zip(layers, deltas, outputs, strict=True)]
     u = [layer.unfold(inp) for layer, inp in zip(layers, inputs, strict=True)]
 
-    p = torch.softmax(z, dim=-1)
-    g = (p - F.one_hot(y, classes).to(p.dtype)) / z.shape[0]
+    p, g = logit_derivatives(z, y)
     jac = torch.zeros(z.shape[0], classes, theta.numel(), dtype=theta.dtype, device=theta.device)
     for layer, dl, ul in zip(layers, d, u, strict=True):
         jac[:, :, layer.offset:layer.offset + layer.size] = layer.jacobian(dl, ul)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from chaosnb.piecewise_linear import gauss_newton_block
+from chaosnb.piecewise_linear import gauss_newton_block, logit_derivatives
 
 ACTIVATIONS = (nn.ReLU, nn.Sigmoid, nn.Tanh)
 
@@ -85,8 +85,7 @@ def subspace_hessian(flat, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     a = data @ w1.T + b1  # (B, H)
     h, d1, d2 = _derivatives(act, a)
     z = h @ w2.T + b2
-    p = torch.softmax(z, dim=-1)
-    g = (p - nn.functional.one_hot(y, classes).to(dtype)) / batch  # (B, C)
+    p, g = logit_derivatives(z, y)  # (B, C) each
     u = torch.cat([data @ basis, torch.ones(batch, 1, dtype=dtype, device=dev)], dim=1)  # (B, s + 1): (xi_b, 1)
 
     d = subspace.dim

@@ -81,6 +81,13 @@ def gauss_newton_block(jac: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bcn,bcm->nm", jac, aj)
 
 
+def logit_derivatives(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, g) of the mean cross-entropy of the logits ``z`` (B, C) with labels ``y``: the softmax probabilities p
+    and the logit gradient g_bk = (p_bk - [y_b = k]) / B, the weights of the residual sum_bk g_bk d^2 z_bk."""
+    p = torch.softmax(z, dim=-1)
+    return p, (p - torch.nn.functional.one_hot(y, z.shape[-1]).to(p.dtype)) / z.shape[0]
+
+
 def _probabilities(flat, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(flat.forward(theta, x), dim=-1)  # (B, C)
 
