@@ -96,7 +96,7 @@ def base_config(profile: dict, dataset: str, model: str, **fields) -> RunConfig:
     """The profile's lr / batch size / seed for a dataset and model, plus ``fields``."""
     values = {"dataset": dataset, "model": model, "lr": float(_by_model(profile["lr"], model)),
               "batch_size": profile["batch_size"], "seed": profile["seed"],
-              "spectrum_method": "lowrank" if model == "mlp" else "dense"}
+              "spectrum_method": "lowrank"}
     values.update(fields)
     return RunConfig(**values)
 

@@ -258,23 +258,37 @@ def _log_sum_exp2(rho: torch.Tensor) -> float:
     return 0.5 * float(torch.logsumexp(2.0 * finite, 0)) if finite.numel() else -math.inf
 
 
+def _upper_triangular_matmul(u: torch.Tensor, b: torch.Tensor, leaf: int = 1024) -> torch.Tensor:
+    """u @ b for an upper-triangular u (zero below the diagonal), by recursive 2 x 2 blocking that skips the zero
+    block: [[U11, U12], [0, U22]] b = [U11 b1 + U12 b2; U22 b2]; about 0.56 of the general product's flops at
+    N = 5,350 (the BLAS has no float64 triangular-times-full product in torch)."""
+    n = u.shape[0]
+    if n <= leaf:
+        return u @ b
+    h = n // 2
+    out = torch.empty(n, b.shape[1], dtype=b.dtype, device=b.device)
+    out[:h] = _upper_triangular_matmul(u[:h, :h], b[:h], leaf)
+    out[:h].addmm_(u[:h, h:], b[h:])
+    out[h:] = _upper_triangular_matmul(u[h:, h:], b[h:], leaf)
+    return out
+
+
 def _graded_product(r: torch.Tensor, rho: torch.Tensor, tt: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """R diag(e^rho) T~ in graded form (rho', T~'): rows of T~' have unit 2-norm, rho' their log scales.
+    """R diag(e^rho) T~ in graded form (rho', T~') for an upper-triangular R: rows of T~' have unit 2-norm, rho'
+    their log scales.
 
     Each row is formed as sum_l M_il T~_l with M_il = R_il e^(rho_l - rho'_i), |M_il| <= 1 (no overflow at
     any spread of rho). ``tt=None`` means T~ = I. Zero rows get rho' = -inf.
     """
     with torch.no_grad():
-        logabs = torch.log(r.abs()) + rho[None, :]
-        top = logabs.max(dim=1).values
+        m = r.abs().log_().add_(rho[None, :])  # log |R_il| + rho_l, then M in place
+        top = m.max(dim=1).values
         ok = torch.isfinite(top)
         shift = torch.where(ok, top, 0.0)
-        m = torch.exp(logabs - shift[:, None])
-        m.mul_(torch.sign(r))
+        m.sub_(shift[:, None]).exp_().copysign_(r)
         m[~ok] = 0.0
-        del logabs
-        prod = m if tt is None else m @ tt
+        prod = m if tt is None else _upper_triangular_matmul(m, tt)
         del m
         norms = torch.linalg.vector_norm(prod, dim=1)
         nz = norms > 0.0

@@ -984,3 +984,16 @@ def test_factored_tangent_map_equals_jacobian_of_unrolled_training(momentum):
         tm.step(h)
     assert (reference - torch.eye(theta0.numel(), dtype=F64)).abs().max() > 0.05  # non-trivial dynamics
     assert torch.allclose(tm.matrix(), reference, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("n, leaf", [(7, 1024), (37, 8), (64, 16)])
+def test_the_triangular_product_equals_the_general_one(n, leaf):
+    """The blocked upper-triangular product of the re-orthonormalisation skips only zero blocks."""
+    from chaosnb.lyapunov import _upper_triangular_matmul
+
+    gen = torch.Generator().manual_seed(n)
+    u = torch.triu(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    b = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    assert torch.allclose(_upper_triangular_matmul(u, b, leaf), u @ b, rtol=0, atol=1e-13)
+    assert not torch.allclose(_upper_triangular_matmul(torch.ones(n, n, dtype=torch.float64), b, leaf),
+                              torch.ones(n, n, dtype=torch.float64) @ b) or n <= leaf  # the lower part is ignored
