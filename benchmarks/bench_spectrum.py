@@ -10,8 +10,10 @@ spectrum of the CURRENT mini-batch loss is computed at a few steps (0, stride, 2
             nothing, then H Q again; dense float64 fallback above 0.4 N;
 * new     : ``minibatch_spectrum(method="lowrank")`` as the engine calls it: for the MLP the exact P^T H P in its
             input subspace, in closed form (``chaosnb.one_hidden_layer``, no Hessian-vector product); for the CNN
-            the full float64 Hessian in closed form (``chaosnb.multilinear``, no product) and its float64 eigh,
-            timed apart as "closed-form hessian" in an extra call (the single-pass sketch before 1 Dec 2026);
+            the full float64 Hessian in closed form (``chaosnb.multilinear``, no product), the last convolution
+            deflated to the range of its rows (a seeded sketch, its QR, a certificate) and a float64 eigh of the
+            ~700 x 700 rest (``closed_form_spectrum``); its Hessian timed apart as "closed-form hessian" in an
+            extra call (the single-pass sketch before 1 Dec 2026);
 * floor   : what no exact low-rank method built on Hessian-vector products can avoid: r float64 products (r = the
             new method's range dimension, in the same vmapped chunks) plus ``symmetric_eigh`` of an r x r matrix
             (the MLP's closed form takes no product, so it runs below this floor);

@@ -67,7 +67,12 @@ from chaosnb.config import RunConfig
 # step 0.195 s (chaotic pruning), a tangent step 0.284-0.304 s, with momentum 0.288 s (the Fashion-MNIST momentum
 # run's median, 0.407 s, includes more of its 12 finite-time spectra); the exact float64 spectrum ("lowrank": the
 # closed form and a float64 eigh) 0.31 s per step, with the tangent map 0.37 s (bench_throughput.py --models cnn
-# --threads 1 --lr 0.03).
+# --threads 1 --lr 0.03). Since the exact spectrum is deflated (range of the last convolution's rows by a sketch and
+# its QR, eigh of ~700 x 700; 1 Dec 2026 06:19 UTC, same conditions, the quick profile's first 23 steps): a CGD step
+# 0.153-0.155 s ("lowrank", which the book's CNN runs take since then; the float32 dense method 0.150-0.151 s on the
+# same steps), a tangent step 0.203 s, with momentum 0.204 s (dense 0.227-0.228 s). Later in training the float32
+# eigh fails on most Fashion-MNIST steps and falls back to float64: 400 CGD steps took 108 s dense against 61 s
+# exact (two runs side by side).
 # The same rates are assumed for Fashion-MNIST (same 16x16 inputs, models and batch size).
 # "ftle" (MLP, benchmarks/bench_lyapunov.py --threads 1 on real USPS maps, idle): the Gram path 7.4 s exponents
 # only (t = 40, lr 1e-3, before any re-orthonormalisation; forming Y = W T adds ~2 s later: 9 s); with the
