@@ -275,7 +275,6 @@ def _extend_range_basis(q: torch.Tensor, y: torch.Tensor, threshold: float) -> t
 
 
 @functools.lru_cache(maxsize=32)
-@functools.lru_cache(maxsize=32)
 def _probe_block(n: int, width: int, seed: int, index: int, dtype: torch.dtype,
                  device: torch.device | None = None) -> torch.Tensor:
     """Gaussian probes N(0, I) of shape (n, width): block ``index`` of the stream seeded by ``seed``.
