@@ -88,7 +88,10 @@ from chaosnb.config import RunConfig
 # 142 s with it; before, under load, 19 / 34 s), one every "reorth_lr_steps" / lr steps: without momentum the
 # block's condition bound reaches REORTH_LOG_COND = 4 nats every ~35 steps at lr 1e-2 (~425 at 1e-3); with
 # momentum the adaptive interval (64 steps, doubled while the measured condition stays below half of
-# MOMENTUM_LOG_COND = 12 nats) gave 2 in 200 steps at lr 1e-2 (5 with the former target of 4 nats).
+# MOMENTUM_LOG_COND = 12 nats) gave 2 in 200 steps at lr 1e-2 (5 with the former target of 4 nats). Since the
+# graded product's triangular factor is multiplied blockwise (1 Dec 2026 06:20 UTC, one thread, idle, N = 5,350):
+# the QR with its Q 7.99 s + the graded product 3.22 s (4.82 s before) = 11.2 s plain; with momentum 28.4 - 1.6 =
+# 26.8 s (the same saving on its N x N graded product, not re-measured).
 # "spread": nats between the largest and smallest exponent x t per unit of
 # lr x t (quick build, MLP at lr 1e-2: 0.060 per step without momentum, 0.077 with); "gram_max": the Gram path is
 # taken up to about this spread (t = 120 at lr 1e-2 still took it), "full_max": lyapunov.FULL_RESOLVE_MARGIN's
@@ -102,7 +105,7 @@ RATES: dict[str, dict] = {
     "mlp": {"sgd": 0.001, "spectrum": {"lowrank": 0.020, "dense": 12.1},
             "tangent": {"lowrank": 0.119, "dense": 12.5}, "momentum": 1.37, "batch_exponent": 0.85,
             "ftle": {"gram": 21.0, "gram_values": 9.0, "full": 37.0, "full_values": 15.0, "graded": 600.0},
-            "reorth": {"plain": 13.5, "momentum": 28.4}, "reorth_lr_steps": {"plain": 0.37, "momentum": 1.0},
+            "reorth": {"plain": 11.2, "momentum": 26.8}, "reorth_lr_steps": {"plain": 0.37, "momentum": 1.0},
             "spread": {"plain": 6.0, "momentum": 7.7}, "gram_max": 10.0, "full_max": 23.0, "shared": 1.1},
     "cnn": {"sgd": 0.003, "spectrum": {"lowrank": 0.153, "dense": 0.195},
             "tangent": {"lowrank": 0.203, "dense": 0.29}, "momentum": 1.0, "batch_exponent": 0.75,
