@@ -93,10 +93,10 @@ def _by_model(value, model: str):
 
 
 def base_config(profile: dict, dataset: str, model: str, **fields) -> RunConfig:
-    """The profile's lr / batch size / seed for a dataset and model, plus ``fields``."""
+    """The profile's lr / batch size / seed for a dataset and model, plus ``fields``; every model takes
+    RunConfig's default spectrum method, the exact low-rank one."""
     values = {"dataset": dataset, "model": model, "lr": float(_by_model(profile["lr"], model)),
-              "batch_size": profile["batch_size"], "seed": profile["seed"],
-              "spectrum_method": "lowrank"}
+              "batch_size": profile["batch_size"], "seed": profile["seed"]}
     values.update(fields)
     return RunConfig(**values)
 
