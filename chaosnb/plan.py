@@ -81,7 +81,10 @@ from chaosnb.config import RunConfig
 # 71.2-75 s, singular values only 14-21 s (Fashion-MNIST maps at t = 140 and the USPS map at t = 300, lr 1e-2);
 # the one-SVD path with eigenvectors 36.8 s since 1 Dec 2026 (svdvals, the chaotic vectors from the Gram matrix's
 # tridiagonal reduction, the minimal one by inverse iteration; Fashion-MNIST momentum map at t = 140);
-# graded: at least 600 s (t = 300: LAPACK's gesdd failed on the first window
+# graded: 122 s at t = 350 and 166 s (with eigenvectors) at t = 500, USPS MLP with momentum at lr 1e-2, ~25 and 31 nats
+# of spread (1 Dec 2026, 11:56 and 12:42 UTC, one thread, an AVX-512 AMD EPYC host); kept at 600 s, a bound for the
+# wide spreads of the paper profile's long runs, where the windows multiply, and what it took at t = 300 on the
+# previous host (there LAPACK's gesdd failed on the first window
 # and the fallback ran for more than 8 minutes before I stopped it). "reorth": seconds of one
 # re-orthonormalisation of the tangent map (QR of the N x N block, 2N x N with momentum, and the graded product;
 # USPS MLP at lr 1e-2, 200 steps, one thread, idle, 1 Dec 2026 03:40 UTC: 6 took 81 s without momentum, 5 took
