@@ -239,11 +239,17 @@ def reference_runs(profile: dict) -> dict[str, RunConfig]:
 
 
 def lyapunov_pruning_runs(profile: dict) -> dict[str, RunConfig]:
-    """Figure C.1.3: MLP on USPS with momentum 0.9, SGD and CGD with each prune set, with the tangent map."""
+    """Figure C.1.3: MLP on USPS with momentum 0.9, SGD and CGD with each prune set, with the tangent map.
+
+    The SGD run takes the subspace snapshots of the reference runs too: where C.1.3's horizon and points equal
+    those of the USPS MLP momentum reference run (the quick profile), the two are one configuration, computed
+    once."""
     steps = steps_for(profile["lyapunov"]["pruning_steps"], "usps", profile["batch_size"])
     schedule = tangent_schedule(profile, "mlp", steps, key="pruning_points")
     common = dict(momentum=0.9, steps=steps, tangent_steps=schedule)
-    runs = {"sgd": base_config(profile, "usps", "mlp", **common)}
+    first = min(int(profile["subspace"]["first"]), steps)
+    runs = {"sgd": base_config(profile, "usps", "mlp", snapshot_steps=snapshot_schedule(schedule, steps, first),
+                               **common)}
     for prune_set in PRUNE_SETS_SHOWN:
         runs[prune_set] = base_config(profile, "usps", "mlp", optimizer="cgd", prune_set=prune_set, **common)
     return runs

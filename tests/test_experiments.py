@@ -32,6 +32,20 @@ def test_reference_runs_are_the_perturbation_stage1_runs(profile):
                 assert run.stage1() == reference[name]
 
 
+def test_c13_sgd_run_is_the_usps_momentum_reference_run_where_their_horizons_agree(profile):
+    """C.1.3's SGD run is not computed twice: where its steps and points equal the USPS MLP momentum reference
+    run's (the smoke and quick profiles), it is that run; elsewhere it differs from it in the horizon only."""
+    sgd = E.lyapunov_pruning_runs(profile)["sgd"]
+    reference = E.reference_runs(profile)["USPS MLP, momentum"]
+    if (sgd.steps, sgd.tangent_steps) == (reference.steps, reference.tangent_steps):
+        assert sgd == reference and sgd.run_hash() == reference.run_hash()
+    else:
+        assert dataclasses.replace(sgd, steps=reference.steps, tangent_steps=reference.tangent_steps,
+                                   snapshot_steps=reference.snapshot_steps) == reference
+    assert set(sgd.snapshot_steps) <= set(sgd.tangent_steps)
+    assert all(c.snapshot_steps == () for name, c in E.lyapunov_pruning_runs(profile).items() if name != "sgd")
+
+
 def test_reference_snapshots_have_later_tangent_steps(profile):
     for cfg in E.reference_runs(profile).values():
         assert set(cfg.snapshot_steps) <= set(cfg.tangent_steps) and cfg.steps in cfg.tangent_steps
