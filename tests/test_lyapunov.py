@@ -915,6 +915,37 @@ def test_auto_takes_the_svd_between_the_gram_and_graded_paths(vectors):
     assert graded.chaotic_dim == int((exact > 0).sum())
 
 
+def test_auto_skips_the_svd_when_the_row_scales_prove_it_cannot_resolve(monkeypatch):
+    """Where the row scales of the graded snapshot span more than one SVD resolves (sigma_max / sigma_min >= the
+    ratio of the largest to the smallest row norm), ``auto`` goes straight to the graded path: the same numbers
+    as ``method="graded"``, and no ``svdvals``. Where they do not, it still tries the SVD first (and the SVD
+    there returns None only when the spectrum is really too wide)."""
+    from chaosnb import lyapunov as ly
+
+    n, lr = 40, 0.1
+    h = torch.linspace(-1.0, 6.0, n, dtype=F64)
+    q = random_orthogonal(n, seed=7)
+    tm = TangentMap(n, lr)
+    for _ in range(40):
+        tm.step((h, q))
+    limit = -math.log(ly.FULL_RESOLVE_MARGIN * n * ly.EPS64) + math.log(4.0)
+    rho = tm.graded_snapshot()[0]
+    assert float(rho.max() - rho.min()) > limit  # ~40 nats of row scales against ~30
+    full_calls = []
+    original = ly._resolved_full_exponents
+    monkeypatch.setattr(ly, "_resolved_full_exponents", lambda *a: full_calls.append(a) or original(*a))
+    auto = tm.lyapunov(1e-12)
+    graded = tm.lyapunov(1e-12, method="graded")
+    assert auto.method == "graded" and not full_calls
+    assert torch.equal(auto.exponents, graded.exponents) and torch.equal(auto.error_estimate, graded.error_estimate)
+    assert torch.equal(auto.vectors, graded.vectors)
+    assert original(tm, 1e-12, False) is None  # what the skipped SVD would have said
+    tm24 = TangentMap(n, lr)
+    for _ in range(24):
+        tm24.step((h, q))
+    assert tm24.lyapunov(1e-12).method == "full" and len(full_calls) == 1  # narrower: the SVD is tried (and works)
+
+
 @pytest.mark.parametrize("method", ["graded", "full"])
 def test_svd_failure_falls_back_to_the_qr_iteration_driver(monkeypatch, method):
     """LAPACK's divide and conquer (gesdd) can fail to converge on a large graded window (seen at t = 300 on the
