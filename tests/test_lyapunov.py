@@ -876,6 +876,18 @@ def test_training_computes_eigenvectors_only_where_they_are_read(monkeypatch):
         assert len(result.series("chaotic_dim")[0]) == 3 and result.arrays["directions"].shape[0] > 0
 
 
+def _wide_constant_hessian_map(steps: int):
+    """(n, lr, h, q, tangent map after ``steps`` steps) for the constant Hessian q diag(h) q^T, N = 40, lr 0.1:
+    exponents log|1 - lr h_i| spread over ~1 nat per step."""
+    n, lr = 40, 0.1
+    h = torch.linspace(-1.0, 6.0, n, dtype=F64)
+    q = random_orthogonal(n, seed=7)
+    tm = TangentMap(n, lr)
+    for _ in range(steps):
+        tm.step((h, q))
+    return n, lr, h, q, tm
+
+
 @pytest.mark.parametrize("vectors", [True, False])
 def test_auto_takes_the_svd_between_the_gram_and_graded_paths(vectors):
     """Constant Hessian H = Q diag(h) Q^T (the exact case: exponents log|1 - lr h_i|, vectors Q), exponents spread
@@ -883,12 +895,7 @@ def test_auto_takes_the_svd_between_the_gram_and_graded_paths(vectors):
     takes the full path, one SVD (singular values only with vectors=False), with every exponent within its error
     estimate of the exact one and the chaotic subspace spanned by q's expanding directions. At t = 40 (40 nats)
     the SVD would lose the bottom: auto goes on to the graded path."""
-    n, lr = 40, 0.1
-    h = torch.linspace(-1.0, 6.0, n, dtype=F64)
-    q = random_orthogonal(n, seed=7)
-    tm = TangentMap(n, lr)
-    for _ in range(24):
-        tm.step((h, q))
+    n, lr, h, q, tm = _wide_constant_hessian_map(24)
     exact, order = torch.sort(torch.log((1.0 - lr * h).abs()), descending=True)
     ft = tm.lyapunov(1e-12, vectors=vectors)
     assert ft.method == "full" and ft.num_unresolved == 0 and tm.reorthonormalisations > 0
@@ -922,12 +929,7 @@ def test_auto_skips_the_svd_when_the_row_scales_prove_it_cannot_resolve(monkeypa
     there returns None only when the spectrum is really too wide)."""
     from chaosnb import lyapunov as ly
 
-    n, lr = 40, 0.1
-    h = torch.linspace(-1.0, 6.0, n, dtype=F64)
-    q = random_orthogonal(n, seed=7)
-    tm = TangentMap(n, lr)
-    for _ in range(40):
-        tm.step((h, q))
+    n, _, _, _, tm = _wide_constant_hessian_map(40)
     limit = -math.log(ly.FULL_RESOLVE_MARGIN * n * ly.EPS64) + math.log(4.0)
     rho = tm.graded_snapshot()[0]
     assert float(rho.max() - rho.min()) > limit  # ~40 nats of row scales against ~30
@@ -940,9 +942,7 @@ def test_auto_skips_the_svd_when_the_row_scales_prove_it_cannot_resolve(monkeypa
     assert torch.equal(auto.exponents, graded.exponents) and torch.equal(auto.error_estimate, graded.error_estimate)
     assert torch.equal(auto.vectors, graded.vectors)
     assert original(tm, 1e-12, False) is None  # what the skipped SVD would have said
-    tm24 = TangentMap(n, lr)
-    for _ in range(24):
-        tm24.step((h, q))
+    tm24 = _wide_constant_hessian_map(24)[-1]
     assert tm24.lyapunov(1e-12).method == "full" and len(full_calls) == 1  # narrower: the SVD is tried (and works)
 
 
