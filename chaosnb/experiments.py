@@ -226,15 +226,19 @@ def snapshot_schedule(schedule: tuple[int, ...], steps: int, first: int) -> tupl
     return tuple(s for s in (first, *later[-1:]) if s in schedule and s < steps) or (steps,)
 
 
+def profile_snapshots(profile: dict, schedule: tuple[int, ...], steps: int) -> tuple[int, ...]:
+    """:func:`snapshot_schedule` from the profile's first subspace step (``subspace.first``, at most ``steps``)."""
+    return snapshot_schedule(schedule, steps, min(int(profile["subspace"]["first"]), steps))
+
+
 def reference_runs(profile: dict) -> dict[str, RunConfig]:
     """The eight SGD runs with the tangent map (C.1.1, C.1.2, C.2.1 and stage 1 of C.3-C.5)."""
     out = {}
     for name, (dataset, model, momentum) in REFERENCE_RUNS.items():
         steps = steps_for(profile["lyapunov"][f"{model}_steps"], dataset, profile["batch_size"])
         schedule = tangent_schedule(profile, model, steps)
-        first = min(int(profile["subspace"]["first"]), steps)
         out[name] = base_config(profile, dataset, model, momentum=momentum, steps=steps, tangent_steps=schedule,
-                                snapshot_steps=snapshot_schedule(schedule, steps, first))
+                                snapshot_steps=profile_snapshots(profile, schedule, steps))
     return out
 
 
@@ -247,8 +251,7 @@ def lyapunov_pruning_runs(profile: dict) -> dict[str, RunConfig]:
     steps = steps_for(profile["lyapunov"]["pruning_steps"], "usps", profile["batch_size"])
     schedule = tangent_schedule(profile, "mlp", steps, key="pruning_points")
     common = dict(momentum=0.9, steps=steps, tangent_steps=schedule)
-    first = min(int(profile["subspace"]["first"]), steps)
-    runs = {"sgd": base_config(profile, "usps", "mlp", snapshot_steps=snapshot_schedule(schedule, steps, first),
+    runs = {"sgd": base_config(profile, "usps", "mlp", snapshot_steps=profile_snapshots(profile, schedule, steps),
                                **common)}
     for prune_set in PRUNE_SETS_SHOWN:
         runs[prune_set] = base_config(profile, "usps", "mlp", optimizer="cgd", prune_set=prune_set, **common)

@@ -847,15 +847,14 @@ def finite_time_lyapunov(tangent_map: TangentMap, tol: float = 0.0, method: str 
         if method == "gram":
             raise ValueError("the gram path does not apply here (spectrum too wide or too many chaotic "
                              "directions); use method='graded'")
-        snapshot = None
-        if tangent_map.structured_applicable(strict=False):  # Y_t representable: the SVD may resolve it all
-            snapshot = _snapshot_beyond_one_svd(tangent_map)
-            if snapshot is None:
-                wide = _resolved_full_exponents(tangent_map, tol, vectors)
-                if wide is not None:
-                    return wide
-        return _graded_exponents(tangent_map, tol, snapshot)
-    return _graded_exponents(tangent_map, tol)
+    snapshot = None
+    if method == "auto" and tangent_map.structured_applicable(strict=False):  # Y_t representable: one SVD may do
+        snapshot = _snapshot_beyond_one_svd(tangent_map)
+        if snapshot is None:
+            wide = _resolved_full_exponents(tangent_map, tol, vectors)
+            if wide is not None:
+                return wide
+    return _graded_exponents(tangent_map, tol, snapshot)
 
 
 def _structured_exponents(tangent_map: TangentMap, tol: float) -> FiniteTimeLyapunov:
@@ -1153,7 +1152,7 @@ def _resolved_full_exponents(tangent_map: TangentMap, tol: float, want_vectors: 
     n, t = tangent_map.num_params, tangent_map.t
     y, log_scale = tangent_map.scaled()
     full = finite_time_exponents(y, t, log_scale, tol, vectors=False)
-    if not t * float(full.exponents[-1] - full.exponents[0]) > math.log(FULL_RESOLVE_MARGIN * n * EPS64):
+    if not t * float(full.exponents[0] - full.exponents[-1]) < _one_svd_range(n):
         return None
     errors = full.error_estimate + math.log1p(tangent_map.relative_error) / t
     full = replace(full, resolution=-math.inf, errors=errors)
@@ -1166,6 +1165,12 @@ def _resolved_full_exponents(tangent_map: TangentMap, tol: float, want_vectors: 
         return replace(full, vectors=_svd(y)[2].T.contiguous())
     vectors, mask = _completed_basis(*found)
     return replace(full, vectors=vectors, eigenvector_mask=mask)
+
+
+def _one_svd_range(n: int) -> float:
+    """The spread in nats, log(sigma_max / sigma_min), that one SVD of the formed N x N Y_t resolves for ``auto``:
+    sigma_min above FULL_RESOLVE_MARGIN times the rounding floor N eps sigma_max."""
+    return -math.log(FULL_RESOLVE_MARGIN * n * EPS64)
 
 
 INVERSE_ITERATION_BLOCK = 16
@@ -1219,7 +1224,7 @@ def _snapshot_beyond_one_svd(tangent_map: TangentMap) -> tuple[torch.Tensor, tor
     rho = tangent_map._rho
     if rho is None:
         return None
-    limit = -math.log(FULL_RESOLVE_MARGIN * tangent_map.num_params * EPS64) + math.log(4.0)
+    limit = _one_svd_range(tangent_map.num_params) + math.log(4.0)
 
     def spread(r: torch.Tensor) -> float:
         return math.inf if not bool(torch.isfinite(r).all()) else float(r.max() - r.min())
